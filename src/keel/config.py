@@ -1,0 +1,177 @@
+"""Settings: one class, read from `KEEL_*` variables and `.env`, in nested groups.
+
+A group's fields are read as `KEEL_<GROUP>_<FIELD>` (`KEEL_DATABASE_URL`,
+`KEEL_CORS_ORIGINS`, `KEEL_METRICS_TOKEN`), which keeps the names API.md uses while
+the code sees `settings.database.url`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class DatabaseSettings(BaseModel):
+    # None means the embedded default: SQLite in the data folder.
+    url: str | None = None
+    pool_size: int = Field(default=10, ge=1)
+    max_overflow: int = Field(default=10, ge=0)
+    pool_timeout: float = Field(default=5.0, gt=0)
+    echo: bool = False
+
+
+class RedisSettings(BaseModel):
+    url: str | None = None
+    # Every key Keel writes starts with this, so one Redis can serve several deployments.
+    key_prefix: str = "keel:"
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+    # Seconds in-flight requests get to finish after SIGTERM.
+    graceful_timeout: float = Field(default=30.0, ge=0)
+    # Proxies whose X-Forwarded-* headers are believed (comma-separated IPs or CIDRs).
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+
+class CorsSettings(BaseModel):
+    origins: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+
+
+class MetricsSettings(BaseModel):
+    token: SecretStr | None = None
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "auto": JSON lines in production, readable lines elsewhere.
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class HttpSettings(BaseModel):
+    max_json_body_bytes: int = Field(default=1 * MiB, ge=1)
+    gzip_min_bytes: int = Field(default=1024, ge=0)
+    hsts_max_age: int = Field(default=31_536_000, ge=0)
+
+
+class AuthSettings(BaseModel):
+    # PEM files of the signing keys, newest first. None: a key is generated into the
+    # data folder at first start (fine on a laptop, refused in production).
+    signing_key_files: list[Path] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KEEL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
+
+    env: Literal["development", "production", "test"] = "development"
+    data_dir: Path = Path("data")
+    public_base_url: str = "http://localhost:8000"
+    # None: on in development, off in production.
+    docs_enabled: bool | None = None
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'keel.db'}"
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def show_docs(self) -> bool:
+        if self.docs_enabled is None:
+            return not self.is_production
+        return self.docs_enabled
+
+    @property
+    def log_as_json(self) -> bool:
+        if self.log.format == "auto":
+            return self.is_production
+        return self.log.format == "json"
+
+
+class UnsafeSettingsError(Exception):
+    """Raised at start-up when settings are unsafe for where they are used."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def in_process_backend_problems(settings: Settings, workers: int) -> list[str]:
+    """Several worker processes cannot share in-process state: say what to configure."""
+    if workers > 1 and not settings.redis.url:
+        return [
+            f"{workers} workers need shared backends, but rate limits, realtime delivery "
+            "and jobs are in-process: set KEEL_REDIS_URL (and KEEL_DATABASE_URL to "
+            "PostgreSQL), or run one worker."
+        ]
+    return []
+
+
+def production_problems(settings: Settings, workers: int | None = None) -> list[str]:
+    """Each unsafe production setting, one plain line each (empty when all is well)."""
+    if not settings.is_production:
+        return []
+    workers = workers or settings.server.workers
+    problems: list[str] = []
+    if "*" in settings.cors.origins and settings.cors.allow_credentials:
+        problems.append(
+            "KEEL_CORS_ORIGINS contains '*' while KEEL_CORS_ALLOW_CREDENTIALS is true: "
+            "list the allowed origins explicitly."
+        )
+    if not settings.auth.signing_key_files:
+        problems.append(
+            "No signing keys configured: set KEEL_AUTH_SIGNING_KEY_FILES to PEM files "
+            "(generated keys are for development only)."
+        )
+    if settings.metrics.token is None:
+        problems.append("KEEL_METRICS_TOKEN is not set: /metrics must be protected.")
+    if settings.uses_embedded_database and workers > 1:
+        problems.append(
+            "The embedded SQLite database cannot serve several workers: set "
+            "KEEL_DATABASE_URL to PostgreSQL."
+        )
+    problems.extend(in_process_backend_problems(settings, workers))
+    return problems
+
+
+def check_settings(settings: Settings, workers: int | None = None) -> None:
+    problems = production_problems(settings, workers)
+    if problems:
+        raise UnsafeSettingsError(problems)

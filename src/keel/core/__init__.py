@@ -1,0 +1,1 @@
+"""Shared infrastructure: each module a small piece with a narrow interface."""

@@ -1,0 +1,167 @@
+"""Publish/subscribe between processes: how realtime events reach every worker.
+
+Two backends behind one interface: in-process (the embedded default, one worker) and
+Redis pub/sub (any number of workers and hosts). A subscription is a bounded queue:
+a subscriber too slow to keep up loses its subscription rather than the process its
+memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+log = structlog.get_logger("keel.broker")
+
+SUBSCRIBER_QUEUE_SIZE = 256
+
+
+class SubscriberOverflow(Exception):
+    """The subscriber fell too far behind; its queue overflowed."""
+
+
+class Subscription:
+    def __init__(self, channel: str, maxsize: int = SUBSCRIBER_QUEUE_SIZE) -> None:
+        self.channel = channel
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    def deliver(self, message: bytes) -> None:
+        if self.overflowed:
+            return
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self._queue.get_nowait()
+            self._queue.put_nowait(None)  # wakes the reader to see the overflow
+
+    async def get(self) -> bytes:
+        message = await self._queue.get()
+        if message is None:
+            raise SubscriberOverflow(self.channel)
+        return message
+
+
+class Broker(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def publish(self, channel: str, message: bytes) -> None: ...
+    def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+
+
+class _LocalFanout:
+    """Subscriptions of this process, by channel."""
+
+    def __init__(self) -> None:
+        self.subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
+
+    def deliver(self, channel: str, message: bytes) -> None:
+        for subscription in tuple(self.subscriptions.get(channel, ())):
+            subscription.deliver(message)
+
+    def add(self, subscription: Subscription) -> bool:
+        """Add; True when it is the channel's first local subscriber."""
+        first = not self.subscriptions.get(subscription.channel)
+        self.subscriptions[subscription.channel].add(subscription)
+        return first
+
+    def remove(self, subscription: Subscription) -> bool:
+        """Remove; True when the channel has no local subscriber left."""
+        remaining = self.subscriptions.get(subscription.channel)
+        if remaining is None:
+            return False
+        remaining.discard(subscription)
+        if not remaining:
+            del self.subscriptions[subscription.channel]
+            return True
+        return False
+
+
+class InProcessBroker:
+    def __init__(self) -> None:
+        self._fanout = _LocalFanout()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._fanout.subscriptions.clear()
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        self._fanout.deliver(channel, message)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription(channel)
+        self._fanout.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._fanout.remove(subscription)
+
+
+class RedisBroker:
+    """One pub/sub connection per process, fanned out to local subscribers."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix + "broker:"
+        self._fanout = _LocalFanout()
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        # A subscription to a channel nobody uses keeps the connection in listening mode.
+        await self._pubsub.subscribe(self._prefix + "__keepalive__")
+        self._reader = asyncio.create_task(self._read(), name="keel-broker-reader")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        await self._redis.publish(self._prefix + channel, message)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        assert self._pubsub is not None, "broker not started"
+        subscription = Subscription(channel)
+        if self._fanout.add(subscription):
+            await self._pubsub.subscribe(self._prefix + channel)
+        try:
+            yield subscription
+        finally:
+            if self._fanout.remove(subscription):
+                await self._pubsub.unsubscribe(self._prefix + channel)
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        prefix_length = len(self._prefix)
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("broker_read_failed")
+                await asyncio.sleep(1.0)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"]
+            if isinstance(channel, bytes):
+                channel = channel.decode()
+            self._fanout.deliver(channel[prefix_length:], message["data"])

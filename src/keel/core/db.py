@@ -1,0 +1,103 @@
+"""Database engine and the per-request session.
+
+The request owns the transaction: the session dependency commits when the endpoint
+returns and rolls back when it raises. Services only flush. Work that must happen only
+if the change is durable (jobs, events) is registered with `after_commit` and runs once
+the commit has succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from keel.config import Settings
+
+AfterCommit = Callable[[], Awaitable[None]]
+_AFTER_COMMIT_KEY = "keel.after_commit"
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        return _create_sqlite_engine(settings)
+    return create_async_engine(
+        url,
+        pool_size=settings.database.pool_size,
+        max_overflow=settings.database.max_overflow,
+        pool_timeout=settings.database.pool_timeout,
+        pool_pre_ping=True,
+        echo=settings.database.echo,
+        connect_args={"timeout": settings.database.pool_timeout},
+    )
+
+
+def _create_sqlite_engine(settings: Settings) -> AsyncEngine:
+    url = make_url(settings.database_url)
+    if url.database and url.database != ":memory:":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(
+        url,
+        echo=settings.database.echo,
+        connect_args={"timeout": settings.database.pool_timeout},
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside the writer; foreign keys are off unless asked for.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: the response is built from the objects after the commit.
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run `callback` once this session's transaction has committed; never otherwise."""
+    session.info.setdefault(_AFTER_COMMIT_KEY, []).append(callback)
+
+
+async def commit(session: AsyncSession) -> None:
+    """Commit, then run what was waiting for the commit, in the order it was registered."""
+    await session.commit()
+    callbacks: list[AfterCommit] = session.info.pop(_AFTER_COMMIT_KEY, [])
+    for callback in callbacks:
+        await callback()
+
+
+async def rollback(session: AsyncSession) -> None:
+    session.info.pop(_AFTER_COMMIT_KEY, None)
+    await session.rollback()
+
+
+async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.resources.sessionmaker
+    async with sessionmaker() as session:
+        try:
+            yield session
+        except BaseException:
+            await rollback(session)
+            raise
+        await commit(session)
+
+
+# scope="function": the commit happens when the endpoint returns, before the response
+# is sent, so a client never sees success for a change that did not commit.
+DbSession = Annotated[AsyncSession, Depends(_request_session, scope="function")]

@@ -1,0 +1,211 @@
+"""One error shape for every answer that is not a success (API.md, "Errors").
+
+Domain code raises subclasses of `AppError`; the handlers here turn those, Starlette's
+HTTP errors, validation errors and unreachable dependencies into
+`{"error": {"code", "message", "request_id", "details"}}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import redis.exceptions
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from keel.core.request_context import current_request_id
+
+log = structlog.get_logger("keel.errors")
+
+# Seconds a client should wait before retrying when a dependency is down.
+RETRY_AFTER_SECONDS = 5
+
+
+class AppError(Exception):
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    message: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: Sequence[Mapping[str, Any]] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.detail_message = message or self.message
+        self.details = list(details)
+        self.headers = dict(headers or {})
+        super().__init__(self.detail_message)
+
+
+class BadRequest(AppError):
+    status_code, code, message = 400, "BAD_REQUEST", "Bad request"
+
+
+class Unauthorized(AppError):
+    status_code, code, message = 401, "UNAUTHORIZED", "Not authenticated"
+
+
+class Forbidden(AppError):
+    status_code, code, message = 403, "FORBIDDEN", "Not allowed"
+
+
+class NotFound(AppError):
+    status_code, code, message = 404, "NOT_FOUND", "Not found"
+
+
+class Conflict(AppError):
+    status_code, code, message = 409, "CONFLICT", "Conflict"
+
+
+class PreconditionFailed(AppError):
+    status_code, code, message = 412, "PRECONDITION_FAILED", "Precondition failed"
+
+
+class PayloadTooLarge(AppError):
+    status_code, code, message = 413, "PAYLOAD_TOO_LARGE", "Request body too large"
+
+
+class UnsupportedMediaType(AppError):
+    status_code, code, message = 415, "UNSUPPORTED_MEDIA_TYPE", "Unsupported media type"
+
+
+class RangeNotSatisfiable(AppError):
+    status_code, code, message = 416, "RANGE_NOT_SATISFIABLE", "Range not satisfiable"
+
+
+class ValidationFailed(AppError):
+    status_code, code, message = 422, "VALIDATION_ERROR", "Request validation failed"
+
+
+class RateLimited(AppError):
+    status_code, code, message = 429, "RATE_LIMITED", "Too many requests"
+
+
+class ServiceUnavailable(AppError):
+    status_code, code, message = 503, "SERVICE_UNAVAILABLE", "Service temporarily unavailable"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+# Codes for the statuses Starlette raises on its own (routing, methods).
+_CODES_BY_STATUS = {
+    cls.status_code: (cls.code, cls.message)
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PreconditionFailed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        RangeNotSatisfiable,
+        ValidationFailed,
+        RateLimited,
+        ServiceUnavailable,
+        AppError,
+    )
+}
+_CODES_BY_STATUS[405] = ("METHOD_NOT_ALLOWED", "Method not allowed")
+
+
+def error_body(
+    code: str, message: str, details: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "request_id": current_request_id(),
+            "details": list(details),
+        }
+    }
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    details: Sequence[Mapping[str, Any]] = (),
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(code, message, details), status_code=status_code, headers=headers
+    )
+
+
+async def _app_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AppError)
+    return error_response(
+        exc.status_code, exc.code, exc.detail_message, exc.details, exc.headers
+    )
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code, message = _CODES_BY_STATUS.get(exc.status_code, ("ERROR", "Request failed"))
+    if exc.status_code == 404:
+        message = "Not found"
+    elif isinstance(exc.detail, str) and exc.status_code < 500:
+        message = exc.detail
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    # The input is left out on purpose: it may hold a password.
+    return [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
+        for error in errors
+    ]
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(
+        422, "VALIDATION_ERROR", "Request validation failed", validation_details(exc.errors())
+    )
+
+
+async def _dependency_down(request: Request, exc: Exception) -> Response:
+    log.error(
+        "dependency_unavailable",
+        error_type=type(exc).__name__,
+        path=request.url.path,
+        exc_info=exc,
+    )
+    unavailable = ServiceUnavailable()
+    return error_response(
+        unavailable.status_code,
+        unavailable.code,
+        unavailable.detail_message,
+        headers=unavailable.headers,
+    )
+
+
+# What "a dependency is down" looks like: the database or Redis unreachable, a pool
+# with no free connection in time, a connection dropped mid-request.
+DEPENDENCY_DOWN_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for error_type in DEPENDENCY_DOWN_ERRORS:
+        app.add_exception_handler(error_type, _dependency_down)

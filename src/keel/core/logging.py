@@ -1,0 +1,141 @@
+"""Structured logs: JSON lines in production, readable lines in development.
+
+Keel's own loggers write through structlog straight to stdout (the access line is on
+the hot path); the standard library's loggers (Uvicorn, SQLAlchemy, Alembic) are
+formatted by the same processors, so every line has one shape and the request id.
+Secrets are redacted in a processor that every line passes through.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from keel.config import Settings
+
+REDACTED = "[REDACTED]"
+
+# Keys whose values are secrets wherever they appear, at any depth.
+_SECRET_KEY = re.compile(
+    r"pass(word|wd)?|secret|token|authorization|api[-_]?key|cookie|credential|private[-_]?key"
+    r"|signature",
+    re.IGNORECASE,
+)
+# Secrets that hide inside free text: bearer credentials, JWTs, URL passwords.
+_SECRET_IN_TEXT = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
+    (re.compile(r"(?i)(\w+://[^:/@\s]*:)[^@\s]+@"), r"\1" + REDACTED + "@"),
+    (
+        re.compile(r"(?i)([?&](?:[a-z_]*token|password|secret|signature|key)=)[^&\s]+"),
+        r"\1" + REDACTED,
+    ),
+    (
+        re.compile(r"(?i)\b((?:pass(?:word|wd)?|secret|[a-z_]*token|api[-_]?key)\s*[=:]\s*)[^\s,;&]+"),
+        r"\1" + REDACTED,
+    ),
+)
+
+
+def redact_text(text: str) -> str:
+    for pattern, replacement in _SECRET_IN_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(key: str | None, value: Any) -> Any:
+    if key is not None and _SECRET_KEY.search(key) and value is not None:
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(None, item) for item in value]
+    return value
+
+
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    for key, value in event_dict.items():
+        # The event name itself is a fixed string chosen by the code, but may be a
+        # formatted message from a library: redact its text, keep the key.
+        event_dict[key] = _redact_value(None if key == "event" else key, value)
+    return event_dict
+
+
+def drop_color_message(
+    _logger: WrappedLogger, _method: str, event_dict: EventDict
+) -> EventDict:
+    # Uvicorn adds a copy of each message with terminal colour codes in it.
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def _orjson_dumps(value: Any, **_kwargs: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+
+
+def _renderer(as_json: bool) -> Processor:
+    if as_json:
+        return structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    return structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+
+
+def configure_logging(settings: Settings) -> None:
+    level = logging.getLevelNamesMapping()[settings.log.level]
+    as_json = settings.log_as_json
+    # Tracebacks are rendered to text (or dicts) before redaction, so a secret in an
+    # exception message is redacted too.
+    tail: list[Processor] = [
+        drop_color_message,
+        structlog.processors.dict_tracebacks if as_json else structlog.processors.format_exc_info,
+        redact_secrets,
+        _renderer(as_json),
+    ]
+
+    structlog.configure(
+        processors=[*_shared_processors(), structlog.processors.StackInfoRenderer(), *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(),
+        # Tests reconfigure logging per app; a served process configures it once.
+        cache_logger_on_first_use=settings.env != "test",
+    )
+
+    # The standard library's records go through the same processors.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers[:] = []
+        uvicorn_logger.propagate = True
+    # Keel writes its own access line; Uvicorn's would be a second, poorer one.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Alembic narrates every context it opens (readiness checks open one each time).
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+
+
+def redact_mapping(values: MutableMapping[str, Any]) -> dict[str, Any]:
+    """Redacted copy of a mapping, for logging arguments that may hold secrets."""
+    return {key: _redact_value(key, value) for key, value in values.items()}

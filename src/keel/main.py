@@ -1,0 +1,103 @@
+"""The app factory: settings in, a ready-to-serve FastAPI app out.
+
+Nothing is opened at import time. `create_app` checks the settings, sets up logging and
+metrics, and wires middleware, error handlers and routers; its lifespan opens the
+database engine, Redis and the broker, and closes them on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+
+import keel
+from keel.config import Settings, check_settings
+from keel.core.docs import install_docs
+from keel.core.errors import install_error_handlers
+from keel.core.logging import configure_logging
+from keel.core.metrics import Metrics
+from keel.core.middleware.body_limit import BodyLimitMiddleware
+from keel.core.middleware.observability import ObservabilityMiddleware
+from keel.core.middleware.security_headers import SecurityHeadersMiddleware
+from keel.core.middleware.unhandled import UnhandledErrorMiddleware
+from keel.core.resources import open_resources
+from keel.health.router import router as health_router
+
+API_PREFIX = "/api/v1"
+
+# Headers a browser client may send and read across origins.
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "If-Match",
+    "If-None-Match",
+    "X-API-Key",
+    "X-Request-ID",
+]
+CORS_EXPOSED_HEADERS = [
+    "ETag",
+    "Location",
+    "Retry-After",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "X-Request-ID",
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    check_settings(settings)
+    configure_logging(settings)
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_resources(settings, metrics) as resources:
+            app.state.resources = resources
+            yield
+
+    openapi_url = "/openapi.json" if settings.show_docs else None
+    app = FastAPI(
+        title="Keel",
+        version=keel.__version__,
+        lifespan=lifespan,
+        openapi_url=openapi_url,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    if openapi_url:
+        install_docs(app, openapi_url)
+
+    install_error_handlers(app)
+    app.include_router(health_router)
+
+    # Added innermost first: a request passes observability, then security headers,
+    # CORS, compression, the body limit and the last-resort error handler.
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.http.max_json_body_bytes)
+    app.add_middleware(GZipMiddleware, minimum_size=settings.http.gzip_min_bytes)
+    if settings.cors.origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors.origins,
+            allow_credentials=settings.cors.allow_credentials,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeadersMiddleware, hsts_max_age=settings.http.hsts_max_age)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for servers (`uvicorn --factory keel.main:app_factory`): settings from env."""
+    return create_app(Settings())

@@ -1,0 +1,155 @@
+"""Test harness: the real app over HTTP (ASGI, with its lifespan), on a real database.
+
+Async tests run on anyio's pytest plugin (each module sets `pytestmark = pytest.mark.anyio`).
+Each test gets a fresh app and client; tables are emptied after each test and Redis keys
+of this run deleted, so tests never see each other's rows. See fixtures/databases.py for
+how the suite runs on PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import delete
+
+from keel.config import Settings
+from keel.core import migrations
+from keel.core.db import create_engine
+from keel.main import create_app
+from keel.models import Base
+from tests.fixtures import databases
+from tests.fixtures.queries import StatementCounter, counting_statements
+
+# The suite decides its own settings: a developer's KEEL_* variables must not leak in.
+for _name in [name for name in os.environ if name.startswith("KEEL_")]:
+    if not _name.startswith("KEEL_TEST_"):
+        del os.environ[_name]
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    server_url = os.environ.get(databases.DATABASE_ENV)
+    if not server_url:
+        yield databases.sqlite_url(tmp_path_factory.mktemp("db"))
+        return
+    url = await databases.create_postgres_database(server_url)
+    try:
+        yield url
+    finally:
+        await databases.drop_postgres_database(server_url, url)
+
+
+@pytest.fixture(scope="session")
+async def redis_url() -> str | None:
+    url = os.environ.get(databases.REDIS_ENV)
+    if url:
+        await databases.check_redis(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> str:
+    return f"keel-test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def requires_redis(redis_url: str | None) -> str:
+    if not redis_url:
+        pytest.skip(f"needs Redis: set {databases.REDIS_ENV}")
+    return redis_url
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def make_settings(
+    database_url: str, redis_url: str | None, redis_prefix: str, data_dir: Path
+) -> SettingsFactory:
+    """Settings for a test app; keyword arguments override (groups as dicts)."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "env": "test",
+            "data_dir": data_dir,
+            "database": {"url": database_url},
+            "redis": {"url": redis_url, "key_prefix": redis_prefix},
+            "log": {"level": "INFO", "format": "json"},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict):
+                values[key] = {**values[key], **value}
+            else:
+                values[key] = value
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture(scope="session")
+async def migrated_database(database_url: str, data_dir: Path) -> str:
+    settings = Settings(_env_file=None, data_dir=data_dir, database={"url": database_url})
+    engine = create_engine(settings)
+    try:
+        await migrations.upgrade(engine, settings)
+    finally:
+        await engine.dispose()
+    return database_url
+
+
+@pytest.fixture
+def app(settings: Settings, migrated_database: str) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as http,
+    ):
+        yield http
+        await _empty_tables(app)
+    await _forget_redis_keys(app)
+
+
+async def _empty_tables(app: FastAPI) -> None:
+    async with app.state.resources.engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            await connection.execute(delete(table))
+
+
+async def _forget_redis_keys(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+    if settings.redis.url:
+        await databases.delete_keys(settings.redis.url, settings.redis.key_prefix)
+
+
+@pytest.fixture
+def count_queries(app: FastAPI, client: httpx.AsyncClient) -> Iterator[StatementCounter]:
+    """Counts every SQL statement the app runs from here on (reset() between phases)."""
+    with counting_statements(app.state.resources.engine) as counter:
+        yield counter

@@ -1,0 +1,49 @@
+"""Routes that exist only in tests, to reach the error paths and the session's rules."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
+
+from keel.core.db import DbSession, after_commit
+from keel.core.errors import Conflict
+from keel.core.routing import KeelRoute
+
+router = APIRouter(prefix="/probe", route_class=KeelRoute)
+
+# Filled by after-commit callbacks, so tests can see whether they ran.
+committed_notes: list[str] = []
+
+
+class Note(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=50)
+    count: int = 0
+
+
+@router.post("/notes", status_code=201)
+async def create_note(note: Note, session: DbSession) -> Note:
+    await session.execute(text("INSERT INTO probe_notes (text) VALUES (:text)"), {"text": note.text})
+
+    async def remember() -> None:
+        committed_notes.append(note.text)
+
+    after_commit(session, remember)
+    if note.text == "conflict":
+        # The insert above must be rolled back, and the callback must never run.
+        raise Conflict("Refused after writing")
+    return note
+
+
+@router.get("/two-statements")
+async def two_statements(session: DbSession) -> dict[str, int]:
+    first = (await session.execute(text("SELECT 1"))).scalar_one()
+    second = (await session.execute(text("SELECT 2"))).scalar_one()
+    return {"sum": first + second}
+
+
+@router.get("/crash")
+async def crash() -> None:
+    raise RuntimeError("secret internals: /srv/keel/config.py password=hunter2")
