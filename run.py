@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -46,8 +47,10 @@ def sync(uv: str) -> None:
     subprocess.run([uv, "sync", "--frozen", "--quiet"], cwd=ROOT, check=True)
 
 
-def run(uv: str, *command: str) -> int:
-    return subprocess.call([uv, "run", "--frozen", "--no-sync", *command], cwd=ROOT)
+def run(uv: str, *command: str, env: dict[str, str] | None = None) -> int:
+    return subprocess.call(
+        [uv, "run", "--frozen", "--no-sync", *command], cwd=ROOT, env=env or None
+    )
 
 
 def check(uv: str) -> int:
@@ -61,6 +64,15 @@ def check(uv: str) -> int:
         if run(uv, *command) != 0:
             say(f"gate failed: {name}")
             return 1
+    # Models and migrations agree: migrate a scratch database (SQLite unless
+    # KEEL_DATABASE_URL names another), then let Alembic compare.
+    say("gate: migrations")
+    with tempfile.TemporaryDirectory(prefix="keel-check-") as scratch:
+        env = {**os.environ, "KEEL_DATA_DIR": scratch}
+        for command in (["keel", "db", "upgrade"], ["keel", "db", "check"]):
+            if run(uv, *command, env=env) != 0:
+                say("gate failed: migrations")
+                return 1
     return 0
 
 

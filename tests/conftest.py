@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import delete
 
-from keel.config import Settings
+from keel.config import DatabaseSettings, Settings
 from keel.core import migrations
 from keel.core.db import create_engine
 from keel.main import create_app
@@ -68,6 +68,8 @@ def redis_prefix() -> str:
 
 @pytest.fixture
 def requires_redis(redis_url: str | None) -> str:
+    """Redis for tests that need it: skipped on the embedded run, run (never skipped)
+    whenever KEEL_TEST_REDIS_URL is set, as in CI."""
     if not redis_url:
         pytest.skip(f"needs Redis: set {databases.REDIS_ENV}")
     return redis_url
@@ -109,7 +111,9 @@ def settings(make_settings: SettingsFactory) -> Settings:
 
 @pytest.fixture(scope="session")
 async def migrated_database(database_url: str, data_dir: Path) -> str:
-    settings = Settings(_env_file=None, data_dir=data_dir, database={"url": database_url})
+    settings = Settings(
+        _env_file=None, data_dir=data_dir, database=DatabaseSettings(url=database_url)
+    )
     engine = create_engine(settings)
     try:
         await migrations.upgrade(engine, settings)

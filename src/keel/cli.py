@@ -6,11 +6,10 @@ import asyncio
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -20,6 +19,10 @@ from keel.config import (
     check_settings,
     in_process_backend_problems,
 )
+from keel.core.metrics import MULTIPROC_ENV
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 app = typer.Typer(
     help="Keel: a production FastAPI backend.", no_args_is_help=True, add_completion=False
@@ -46,7 +49,7 @@ def _load_settings() -> Settings:
         raise  # unreachable, for the type checker
 
 
-def _with_engine(settings: Settings, work: Callable[..., Awaitable[T]]) -> T:
+def _with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """Run `work(engine)` on a short-lived engine."""
     from keel.core.db import create_engine
 
@@ -62,8 +65,6 @@ def _with_engine(settings: Settings, work: Callable[..., Awaitable[T]]) -> T:
 
 def _prepare_multiprocess_metrics(workers: int) -> str | None:
     """Give the worker processes a shared, empty folder for their metric samples."""
-    from keel.core.metrics import MULTIPROC_ENV
-
     existing = os.environ.get(MULTIPROC_ENV)
     if existing:
         folder = Path(existing)
@@ -81,15 +82,14 @@ def _prepare_multiprocess_metrics(workers: int) -> str | None:
 def _bring_embedded_schema_up_to_date(settings: Settings) -> None:
     from keel.core import migrations
 
-    async def upgrade(engine: object) -> str | None:
-        from sqlalchemy.ext.asyncio import AsyncEngine
-
-        assert isinstance(engine, AsyncEngine)
+    async def upgrade(engine: AsyncEngine) -> str | None:
         await migrations.upgrade(engine, settings)
         return await migrations.current_revision(engine)
 
     revision = _with_engine(settings, upgrade)
-    typer.echo(f"Embedded database {settings.database_url.split('///')[-1]} at revision {revision}.")
+    typer.echo(
+        f"Embedded database {settings.database_url.split('///')[-1]} at revision {revision}."
+    )
 
 
 @app.command()
@@ -139,6 +139,7 @@ def serve(
         )
     finally:
         if created_metrics_dir:
+            os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(created_metrics_dir, ignore_errors=True)
 
 
@@ -157,10 +158,7 @@ def _run_migration(name: str, *args: object, **kwargs: object) -> None:
 
     settings = _load_settings()
 
-    async def work(engine: object) -> None:
-        from sqlalchemy.ext.asyncio import AsyncEngine
-
-        assert isinstance(engine, AsyncEngine)
+    async def work(engine: AsyncEngine) -> None:
         await migrations.run_command(engine, settings, name, *args, **kwargs)
 
     _with_engine(settings, work)
@@ -220,4 +218,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -137,9 +137,11 @@ def in_process_backend_problems(settings: Settings, workers: int) -> list[str]:
     """Several worker processes cannot share in-process state: say what to configure."""
     if workers > 1 and not settings.redis.url:
         return [
-            f"{workers} workers need shared backends, but rate limits, realtime delivery "
-            "and jobs are in-process: set KEEL_REDIS_URL (and KEEL_DATABASE_URL to "
-            "PostgreSQL), or run one worker."
+            (
+                f"{workers} workers need shared backends, but rate limits, realtime delivery "
+                "and jobs are in-process: set KEEL_REDIS_URL (and KEEL_DATABASE_URL to "
+                "PostgreSQL), or run one worker."
+            )
         ]
     return []
 

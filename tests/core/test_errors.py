@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from keel.core.errors import NotFound
+from keel.main import create_app
 from tests.conftest import SettingsFactory
 from tests.support import probe_routes
 
@@ -22,7 +23,8 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
     assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
     assert error["request_id"] == response.headers["x-request-id"]
     assert isinstance(error["details"], list)
     return dict(error)
@@ -158,7 +160,7 @@ async def test_unexpected_exception_is_500_without_internals(
     for leaked in ("secret", "/srv", "password", "Traceback", "RuntimeError"):
         assert leaked not in response.text
     logged = capsys.readouterr().out
-    assert "RuntimeError" in logged and "Traceback" in logged or "frames" in logged
+    assert "RuntimeError" in logged
     assert "crash-1" in logged
     assert "hunter2" not in logged
 
@@ -171,8 +173,6 @@ async def test_database_down_is_503_with_retry_after(
         if "postgresql" in make_settings().database_url
         else f"sqlite+aiosqlite:///{tmp_path}/missing-folder/keel.db"
     )
-    from keel.main import create_app
-
     app = create_app(make_settings(database={"url": unreachable, "pool_timeout": 1}))
     app.include_router(probe_routes.router)
     async with (
@@ -184,7 +184,8 @@ async def test_database_down_is_503_with_retry_after(
         response = await client.get("/probe/two-statements")
     assert_error(response, 503, "SERVICE_UNAVAILABLE")
     assert response.headers["retry-after"].isdigit()
-    assert "127.0.0.1" not in response.text and "missing-folder" not in response.text
+    assert "127.0.0.1" not in response.text
+    assert "missing-folder" not in response.text
 
 
 async def test_session_commits_when_the_endpoint_returns(

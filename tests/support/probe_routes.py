@@ -25,7 +25,9 @@ class Note(BaseModel):
 
 @router.post("/notes", status_code=201)
 async def create_note(note: Note, session: DbSession) -> Note:
-    await session.execute(text("INSERT INTO probe_notes (text) VALUES (:text)"), {"text": note.text})
+    await session.execute(
+        text("INSERT INTO probe_notes (text) VALUES (:text)"), {"text": note.text}
+    )
 
     async def remember() -> None:
         committed_notes.append(note.text)

@@ -21,6 +21,7 @@ from redis.asyncio.client import PubSub
 log = structlog.get_logger("keel.broker")
 
 SUBSCRIBER_QUEUE_SIZE = 256
+RECONNECT_DELAY_SECONDS = 1.0
 
 
 class SubscriberOverflow(Exception):
@@ -119,9 +120,9 @@ class RedisBroker:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # The reader connects in the background: a Redis that is down at start-up makes
+        # the process unready (see /ready), not unable to start.
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        # A subscription to a channel nobody uses keeps the connection in listening mode.
-        await self._pubsub.subscribe(self._prefix + "__keepalive__")
         self._reader = asyncio.create_task(self._read(), name="keel-broker-reader")
 
     async def close(self) -> None:
@@ -130,14 +131,15 @@ class RedisBroker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         if self._pubsub is not None:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def publish(self, channel: str, message: bytes) -> None:
         await self._redis.publish(self._prefix + channel, message)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
-        assert self._pubsub is not None, "broker not started"
+        if self._pubsub is None:
+            raise RuntimeError("RedisBroker.subscribe before start()")
         subscription = Subscription(channel)
         if self._fanout.add(subscription):
             await self._pubsub.subscribe(self._prefix + channel)
@@ -148,16 +150,22 @@ class RedisBroker:
                 await self._pubsub.unsubscribe(self._prefix + channel)
 
     async def _read(self) -> None:
-        assert self._pubsub is not None
+        if self._pubsub is None:
+            raise RuntimeError("RedisBroker read loop before start()")
         prefix_length = len(self._prefix)
+        listening = False
         while True:
             try:
+                if not listening:
+                    # A channel nobody publishes to keeps the connection in listening mode.
+                    await self._pubsub.subscribe(self._prefix + "__keepalive__")
+                    listening = True
                 message = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("broker_read_failed")
-                await asyncio.sleep(1.0)
+            except Exception as exc:  # noqa: BLE001 - keep reading whatever happens, and say why
+                log.warning("broker_read_failed", error=repr(exc))
+                await asyncio.sleep(RECONNECT_DELAY_SECONDS)
                 continue
             if message is None or message.get("type") != "message":
                 continue

@@ -31,7 +31,8 @@ def _csp_for(html: str) -> str:
     )
 
 
-def _page(html: str) -> HTMLResponse:
+def _page(body: bytes | memoryview) -> HTMLResponse:
+    html = bytes(body).decode()
     return HTMLResponse(html, headers={"Content-Security-Policy": _csp_for(html)})
 
 
@@ -42,14 +43,17 @@ def install_docs(app: FastAPI, openapi_url: str) -> None:
         title=f"{app.title} - API docs",
         oauth2_redirect_url=redirect_url,
         swagger_ui_parameters={"persistAuthorization": True},
-    ).body.decode()
-    redirect_html = get_swagger_ui_oauth2_redirect_html().body.decode()
+    ).body
+    redirect_html = get_swagger_ui_oauth2_redirect_html().body
+
+    docs_page = _page(docs_html)
+    redirect_page = _page(redirect_html)
 
     async def docs() -> HTMLResponse:
-        return _page(docs_html)
+        return docs_page
 
     async def oauth2_redirect() -> HTMLResponse:
-        return _page(redirect_html)
+        return redirect_page
 
     app.get("/docs", include_in_schema=False)(docs)
     app.get(redirect_url, include_in_schema=False)(oauth2_redirect)

@@ -8,7 +8,7 @@ HTTP errors, validation errors and unreachable dependencies into
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import redis.exceptions
 import structlog
@@ -142,35 +142,42 @@ def error_response(
     )
 
 
+# Starlette types every handler as taking Exception; each is registered for one class.
+
+
 async def _app_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, AppError)
+    error = cast("AppError", exc)
     return error_response(
-        exc.status_code, exc.code, exc.detail_message, exc.details, exc.headers
+        error.status_code, error.code, error.detail_message, error.details, error.headers
     )
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    code, message = _CODES_BY_STATUS.get(exc.status_code, ("ERROR", "Request failed"))
-    if exc.status_code == 404:
+    error = cast("StarletteHTTPException", exc)
+    code, message = _CODES_BY_STATUS.get(error.status_code, ("ERROR", "Request failed"))
+    if error.status_code == 404:
         message = "Not found"
-    elif isinstance(exc.detail, str) and exc.status_code < 500:
-        message = exc.detail
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    elif isinstance(error.detail, str) and error.status_code < 500:
+        message = error.detail
+    return error_response(error.status_code, code, message, headers=error.headers)
 
 
 def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     # The input is left out on purpose: it may hold a password.
     return [
-        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
+        {
+            "loc": list(error.get("loc", ())),
+            "msg": error.get("msg", ""),
+            "type": error.get("type", ""),
+        }
         for error in errors
     ]
 
 
 async def _validation_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+    errors = cast("RequestValidationError", exc).errors()
     return error_response(
-        422, "VALIDATION_ERROR", "Request validation failed", validation_details(exc.errors())
+        422, "VALIDATION_ERROR", "Request validation failed", validation_details(errors)
     )
 
 

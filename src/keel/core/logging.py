@@ -38,7 +38,9 @@ _SECRET_IN_TEXT = (
         r"\1" + REDACTED,
     ),
     (
-        re.compile(r"(?i)\b((?:pass(?:word|wd)?|secret|[a-z_]*token|api[-_]?key)\s*[=:]\s*)[^\s,;&]+"),
+        re.compile(
+            r"(?i)\b((?:pass(?:word|wd)?|secret|[a-z_]*token|api[-_]?key)\s*[=:]\s*)[^\s,;&]+"
+        ),
         r"\1" + REDACTED,
     ),
 )
@@ -70,9 +72,7 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return event_dict
 
 
-def drop_color_message(
-    _logger: WrappedLogger, _method: str, event_dict: EventDict
-) -> EventDict:
+def drop_color_message(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     # Uvicorn adds a copy of each message with terminal colour codes in it.
     event_dict.pop("color_message", None)
     return event_dict

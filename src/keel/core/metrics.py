@@ -19,6 +19,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from sqlalchemy import event
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -84,8 +85,6 @@ class Metrics:
 
     def watch_pool(self, engine: AsyncEngine) -> None:
         """Track this process's pool connections as idle or in use, from pool events."""
-        from sqlalchemy import event
-
         idle = self.db_pool.labels("idle")
         in_use = self.db_pool.labels("in_use")
         pool = engine.sync_engine.pool

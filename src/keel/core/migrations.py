@@ -26,9 +26,7 @@ def migrations_dir() -> Path:
 def alembic_config(settings: Settings) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
-    config.set_main_option(
-        "file_template", "%%(year)d%%(month).2d%%(day).2d_%%(rev)s_%%(slug)s"
-    )
+    config.set_main_option("file_template", "%%(year)d%%(month).2d%%(day).2d_%%(rev)s_%%(slug)s")
     config.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
     return config
 

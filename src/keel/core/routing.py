@@ -7,7 +7,8 @@ parses the body.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.params import Form
@@ -31,7 +32,7 @@ def _has_body(request: Request) -> bool:
 
 
 class KeelRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         expects_json = self.body_field is not None and not self._expects_form()
         if not expects_json:
@@ -51,4 +52,3 @@ class KeelRoute(APIRoute):
     def _expects_form(self) -> bool:
         field_info = getattr(self.body_field, "field_info", None)
         return isinstance(field_info, Form)
-

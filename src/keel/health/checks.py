@@ -22,7 +22,7 @@ CheckResult = Literal["ok", "fail", "behind", "disabled"]
 async def _guarded(name: str, check: Awaitable[CheckResult]) -> CheckResult:
     try:
         return await asyncio.wait_for(check, CHECK_TIMEOUT_SECONDS)
-    except Exception as exc:  # any failure of a dependency is "fail", with the why logged
+    except Exception as exc:  # noqa: BLE001 - any failure of a dependency is "fail"; the why is logged
         log.warning("readiness_check_failed", check=name, error=repr(exc))
         return "fail"
 

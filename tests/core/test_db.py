@@ -1,0 +1,80 @@
+"""Keys, timestamps and engine settings that every model relies on."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import Column, MetaData, Table, Uuid, insert, select, text
+
+from keel.core.ids import uuid7
+from keel.models import Base, UTCDateTime
+
+pytestmark = pytest.mark.anyio
+
+
+def test_uuid7_has_version_and_variant() -> None:
+    value = uuid7()
+    assert value.version == 7
+    assert value.variant == uuid.RFC_4122
+
+
+def test_uuid7_is_time_ordered() -> None:
+    earlier = uuid7()
+    time.sleep(0.002)
+    later = uuid7()
+    assert earlier < later
+    assert len({uuid7() for _ in range(1000)}) == 1000
+
+
+def test_naming_convention_is_set() -> None:
+    assert Base.metadata.naming_convention["fk"] == (
+        "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"
+    )
+
+
+async def test_timestamps_come_back_timezone_aware(app: FastAPI, client: object) -> None:
+    engine = app.state.resources.engine
+    metadata = MetaData()
+    table = Table(
+        "probe_times",
+        metadata,
+        Column("id", Uuid, primary_key=True),
+        Column("at", UTCDateTime, nullable=False),
+    )
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone(timedelta(hours=2)))
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(insert(table).values(id=uuid7(), at=moment))
+            stored = (await connection.execute(select(table.c.at))).scalar_one()
+        assert stored.tzinfo is not None
+        assert stored.utcoffset() == timedelta(0)
+        assert stored == moment
+        assert stored.astimezone(UTC).hour == 1
+    finally:
+        async with engine.begin() as connection:
+            await connection.run_sync(metadata.drop_all)
+
+
+async def test_naive_datetimes_are_refused(app: FastAPI, client: object) -> None:
+    column = UTCDateTime()
+    with pytest.raises(ValueError, match="naive"):
+        column.process_bind_param(datetime(2026, 1, 1), app.state.resources.engine.dialect)  # noqa: DTZ001
+
+
+async def test_engine_is_configured_for_its_backend(app: FastAPI, client: object) -> None:
+    engine = app.state.resources.engine
+    async with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            journal = (await connection.execute(text("PRAGMA journal_mode"))).scalar_one()
+            foreign_keys = (await connection.execute(text("PRAGMA foreign_keys"))).scalar_one()
+            assert journal == "wal"
+            assert foreign_keys == 1
+        else:
+            assert engine.dialect.driver == "asyncpg"
+            assert engine.pool.size() == 10

@@ -1,0 +1,90 @@
+"""Secrets never reach a log line, whatever shape they arrive in."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import structlog
+
+from keel.core.logging import REDACTED, configure_logging, redact_mapping, redact_text
+from tests.conftest import SettingsFactory
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("Authorization: Bearer abc.def-ghi", "abc.def-ghi"),
+        ("token eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl here", "eyJzdWIiOiIxMjMifQ"),
+        ("postgresql://keel:hunter2@db:5432/keel", "hunter2"),
+        ("/files/1?token=t0p&x=1", "t0p"),
+        ("login failed password=hunter2, retry", "hunter2"),
+        ("api_key: k-123", "k-123"),
+    ],
+)
+def test_secrets_in_free_text_are_redacted(text: str, secret: str) -> None:
+    redacted = redact_text(text)
+    assert secret not in redacted
+    assert REDACTED in redacted
+
+
+def test_plain_text_is_left_alone() -> None:
+    text = "GET /api/v1/items returned 200 in 3 ms"
+    assert redact_text(text) == text
+
+
+def test_secret_keys_are_redacted_at_any_depth() -> None:
+    values = {
+        "password": "hunter2",
+        "headers": {"Authorization": "Basic Zm9v", "accept": "json"},
+        "refresh_token": "r-1",
+        "nested": [{"api_key": "k"}],
+        "email": "a@example.com",
+    }
+    redacted = redact_mapping(values)
+    assert redacted["password"] == REDACTED
+    assert redacted["headers"] == {"Authorization": REDACTED, "accept": "json"}
+    assert redacted["refresh_token"] == REDACTED
+    assert redacted["nested"] == [{"api_key": REDACTED}]
+    assert redacted["email"] == "a@example.com"
+
+
+def test_json_lines_in_production_style(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(make_settings(log={"format": "json"}))
+    structlog.get_logger("t").info("signed_in", user="u1", password="hunter2")
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["event"] == "signed_in"
+    assert line["user"] == "u1"
+    assert line["password"] == REDACTED
+    assert line["level"] == "info"
+    assert line["timestamp"].endswith("Z")
+
+
+def test_readable_lines_in_development(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(make_settings(log={"format": "console"}))
+    structlog.get_logger("t").warning("disk_low", token="abc")
+    out = capsys.readouterr().out
+    assert "disk_low" in out
+    assert "abc" not in out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out.strip().splitlines()[-1])
+
+
+def test_standard_library_records_share_the_format(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(make_settings(log={"format": "json"}))
+    structlog.contextvars.bind_contextvars(request_id="rid-1")
+    try:
+        logging.getLogger("uvicorn.error").warning("connecting to redis://:pw@cache:6379")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["request_id"] == "rid-1"
+    assert "pw@" not in line["event"]
+    assert line["level"] == "warning"

@@ -1,0 +1,143 @@
+"""The keel command: migrations, the schema, and what `serve` checks before it starts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, Table
+from typer.testing import CliRunner
+
+from keel.cli import app
+from keel.core import migrations
+from keel.core.metrics import MULTIPROC_ENV
+from keel.models import Base
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh embedded database for each test, named through the environment."""
+    monkeypatch.setenv("KEEL_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    return tmp_path
+
+
+def test_db_commands_walk_the_migration_history(cli_env: Path) -> None:
+    before = runner.invoke(app, ["db", "current"])
+    assert before.exit_code == 0, before.output
+    assert "current: (none)" in before.output
+    assert "behind" in before.output
+
+    upgraded = runner.invoke(app, ["db", "upgrade"])
+    assert upgraded.exit_code == 0, upgraded.output
+    assert (cli_env / "keel.db").exists()
+    after = runner.invoke(app, ["db", "current"])
+    assert "current: 0001" in after.output
+    assert "up to date" in after.output
+
+    checked = runner.invoke(app, ["db", "check"])
+    assert checked.exit_code == 0, checked.output
+    assert "agree" in checked.output
+
+    downgraded = runner.invoke(app, ["db", "downgrade", "base"])
+    assert downgraded.exit_code == 0, downgraded.output
+    assert "current: (none)" in runner.invoke(app, ["db", "current"]).output
+
+
+def test_db_check_fails_when_models_are_ahead(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    table = Table("unmigrated", Base.metadata, Column("id", Integer, primary_key=True))
+    try:
+        result = runner.invoke(app, ["db", "check"])
+    finally:
+        Base.metadata.remove(table)
+    assert result.exit_code == 1
+    assert "disagree" in result.output
+
+
+def test_db_revision_writes_a_script(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = cli_env / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    real = migrations.migrations_dir()
+    for name in ("env.py", "script.py.mako"):
+        (cli_env / "migrations" / name).write_text((real / name).read_text())
+    for script in (real / "versions").glob("*.py"):
+        (versions / script.name).write_text(script.read_text())
+    monkeypatch.setattr(migrations, "migrations_dir", lambda: cli_env / "migrations")
+
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["db", "revision", "-m", "add widgets"])
+    assert result.exit_code == 0, result.output
+    written = [path.name for path in versions.glob("*add_widgets.py")]
+    assert len(written) == 1
+
+
+def test_openapi_prints_the_schema(cli_env: Path) -> None:
+    result = runner.invoke(app, ["openapi"])
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.output)
+    assert schema["info"]["title"] == "Keel"
+    assert "/health" in schema["paths"]
+
+
+def test_serve_refuses_several_workers_on_in_process_backends(cli_env: Path) -> None:
+    result = runner.invoke(app, ["serve", "--workers", "2"])
+    assert result.exit_code == 2
+    assert "KEEL_REDIS_URL" in result.output
+
+
+def test_serve_refuses_unsafe_production_settings(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEL_ENV", "production")
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert any("KEEL_METRICS_TOKEN" in line for line in lines)
+    assert any("KEEL_AUTH_SIGNING_KEY_FILES" in line for line in lines)
+
+
+def test_serve_migrates_the_embedded_database_then_runs_uvicorn(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+
+    def fake_run(target: str, **options: Any) -> None:
+        calls.append({"target": target, "metrics_dir": os.environ.get(MULTIPROC_ENV), **options})
+
+    monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.setenv("KEEL_SERVER_GRACEFUL_TIMEOUT", "7")
+    result = runner.invoke(app, ["serve", "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert "at revision 0001" in result.output
+    (call,) = calls
+    assert call["target"] == "keel.main:app_factory"
+    assert call["factory"] is True
+    assert call["port"] == 8123
+    assert call["host"] == "127.0.0.1"
+    assert call["workers"] == 1
+    assert call["timeout_graceful_shutdown"] == 7
+    assert call["metrics_dir"] is None  # one process needs no shared metric files
+
+
+def test_serve_gives_several_workers_a_shared_metrics_folder(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    monkeypatch.setenv(MULTIPROC_ENV, "")
+    monkeypatch.delenv(MULTIPROC_ENV)  # recorded, so it is restored to absent afterwards
+    monkeypatch.setenv("KEEL_REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setattr("uvicorn.run", lambda *_a, **_k: seen.append(os.environ[MULTIPROC_ENV]))
+    result = runner.invoke(app, ["serve", "--workers", "3"])
+    assert result.exit_code == 0, result.output
+    (folder,) = seen
+    assert not Path(folder).exists()  # removed again when the server stops
+    assert MULTIPROC_ENV not in os.environ
