@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -92,6 +94,10 @@ def _bring_embedded_schema_up_to_date(settings: Settings) -> None:
     )
 
 
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
@@ -122,6 +128,9 @@ def serve(
         _bring_embedded_schema_up_to_date(settings)
     created_metrics_dir = _prepare_multiprocess_metrics(worker_count)
     trusted = settings.server.trusted_proxies
+    # Uvicorn re-raises SIGTERM once it has shut down gracefully; with this handler in
+    # place that ends the process with status 0, as a clean stop should.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         uvicorn.run(
             factory,
@@ -132,7 +141,7 @@ def serve(
             reload=reload,
             proxy_headers=bool(trusted),
             forwarded_allow_ips=",".join(trusted) if trusted else None,
-            timeout_graceful_shutdown=int(settings.server.graceful_timeout),
+            timeout_graceful_shutdown=math.ceil(settings.server.graceful_timeout),
             access_log=False,
             log_config=None,
             server_header=False,
