@@ -54,6 +54,9 @@ class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # "auto": JSON lines in production, readable lines elsewhere.
     format: Literal["auto", "json", "console"] = "auto"
+    # Paths whose requests write no access line (still counted in /metrics): load
+    # balancers probe /health every few seconds, and those lines drown the rest.
+    access_skip_paths: list[str] = Field(default_factory=lambda: ["/health"])
 
 
 class HttpSettings(BaseModel):
@@ -63,9 +66,40 @@ class HttpSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    # PEM files of the signing keys, newest first. None: a key is generated into the
-    # data folder at first start (fine on a laptop, refused in production).
+    # PEM files of the signing keys, newest first: the first signs, the others only
+    # verify tokens still alive. None: a P-256 key is generated into the data folder at
+    # first start (fine on a laptop, refused in production).
     signing_key_files: list[Path] = Field(default_factory=list)
+    # None: the public base URL.
+    issuer: str | None = None
+    audience: str = "keel-api"
+    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
+    refresh_token_ttl_days: int = Field(default=30, ge=1, le=365)
+    registration_open: bool = True
+    # Argon2id, RFC 9106's second recommended option (t=3, 64 MiB); p=2 for two cores.
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_kib: int = Field(default=65_536, ge=8)
+    argon2_parallelism: int = Field(default=2, ge=1)
+    # Hashes computed at once, off the event loop. None: one per CPU.
+    hash_concurrency: int | None = Field(default=None, ge=1)
+    api_key_prefix: str = "keel_"
+    verify_email_ttl_hours: int = Field(default=48, ge=1)
+    reset_password_ttl_minutes: int = Field(default=60, ge=5)
+
+
+class LimitSettings(BaseModel):
+    """Rate limits, in the `limits` library's notation (API.md's defaults)."""
+
+    token_account: str = "10/minute"
+    token_ip: str = "60/minute"
+    register_ip: str = "20/hour"
+    email_ip: str = "5/hour"
+
+
+class FirstAdminSettings(BaseModel):
+    # When both are set and no admin exists, one is created at start.
+    email: str | None = None
+    password: SecretStr | None = None
 
 
 class Settings(BaseSettings):
@@ -92,6 +126,10 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    limit: LimitSettings = Field(default_factory=LimitSettings)
+    first_admin: FirstAdminSettings = Field(default_factory=FirstAdminSettings)
+    # Signs cursors and other server-made values. None: generated into the data folder.
+    secret_key: SecretStr | None = None
 
     @field_validator("public_base_url")
     @classmethod
@@ -117,6 +155,10 @@ class Settings(BaseSettings):
         if self.docs_enabled is None:
             return not self.is_production
         return self.docs_enabled
+
+    @property
+    def token_issuer(self) -> str:
+        return self.auth.issuer or self.public_base_url
 
     @property
     def log_as_json(self) -> bool:
@@ -161,6 +203,11 @@ def production_problems(settings: Settings, workers: int | None = None) -> list[
         problems.append(
             "No signing keys configured: set KEEL_AUTH_SIGNING_KEY_FILES to PEM files "
             "(generated keys are for development only)."
+        )
+    if settings.secret_key is None:
+        problems.append(
+            "KEEL_SECRET_KEY is not set (a generated one is for development only): set it "
+            "to a long random value, the same on every worker."
         )
     if settings.metrics.token is None:
         problems.append("KEEL_METRICS_TOKEN is not set: /metrics must be protected.")

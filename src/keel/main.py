@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.gzip import GZipMiddleware
 
 import keel
 from keel.config import Settings, check_settings
@@ -21,6 +20,8 @@ from keel.core.errors import install_error_handlers
 from keel.core.logging import configure_logging
 from keel.core.metrics import Metrics
 from keel.core.middleware.body_limit import BodyLimitMiddleware
+from keel.core.middleware.compression import GZipWhenAccepted
+from keel.core.middleware.health import HealthMiddleware
 from keel.core.middleware.observability import ObservabilityMiddleware
 from keel.core.middleware.security_headers import SecurityHeadersMiddleware
 from keel.core.middleware.unhandled import UnhandledErrorMiddleware
@@ -78,11 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
 
-    # Added innermost first: a request passes observability, then security headers,
-    # CORS, compression, the body limit and the last-resort error handler.
+    # Added innermost first: a request passes observability, security headers, the
+    # /health fast path, CORS, compression, the body limit and the last-resort handler.
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.http.max_json_body_bytes)
-    app.add_middleware(GZipMiddleware, minimum_size=settings.http.gzip_min_bytes)
+    app.add_middleware(GZipWhenAccepted, minimum_size=settings.http.gzip_min_bytes, compresslevel=6)
     if settings.cors.origins:
         app.add_middleware(
             CORSMiddleware,
@@ -93,8 +94,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=CORS_EXPOSED_HEADERS,
             max_age=600,
         )
+    app.add_middleware(HealthMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, hsts_max_age=settings.http.hsts_max_age)
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.add_middleware(
+        ObservabilityMiddleware,
+        metrics=metrics,
+        skip_log_paths=frozenset(settings.log.access_skip_paths),
+    )
     return app
 
 

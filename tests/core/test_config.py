@@ -63,6 +63,7 @@ def _production(**values: object) -> Settings:
         "auth": {"signing_key_files": ["/keys/a.pem"]},
         "database": {"url": "postgresql+asyncpg://db/keel"},
         "redis": {"url": "redis://cache"},
+        "secret_key": "s" * 40,
     }
     base.update(values)
     return Settings(_env_file=None, **base)  # type: ignore[arg-type]
@@ -82,9 +83,10 @@ def test_each_unsafe_production_setting_is_one_line() -> None:
         auth={"signing_key_files": []},
         database={"url": None},
         redis={"url": None},
+        secret_key=None,
     )
     problems = production_problems(settings, workers=2)
-    assert len(problems) == 5
+    assert len(problems) == 6
     joined = "\n".join(problems)
     for name in (
         "KEEL_CORS_ORIGINS",
@@ -92,6 +94,7 @@ def test_each_unsafe_production_setting_is_one_line() -> None:
         "KEEL_METRICS_TOKEN",
         "KEEL_DATABASE_URL",
         "KEEL_REDIS_URL",
+        "KEEL_SECRET_KEY",
     ):
         assert name in joined
     assert all("\n" not in problem for problem in problems)

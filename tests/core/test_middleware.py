@@ -95,19 +95,19 @@ async def cors_client(
 
 
 async def test_cors_allows_listed_origin(cors_client: httpx.AsyncClient) -> None:
-    response = await cors_client.get("/health", headers={"Origin": "https://app.example"})
+    response = await cors_client.get("/ready", headers={"Origin": "https://app.example"})
     assert response.headers["access-control-allow-origin"] == "https://app.example"
     assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
 
 
 async def test_cors_ignores_other_origins(cors_client: httpx.AsyncClient) -> None:
-    response = await cors_client.get("/health", headers={"Origin": "https://evil.example"})
+    response = await cors_client.get("/ready", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in response.headers
 
 
 async def test_cors_preflight(cors_client: httpx.AsyncClient) -> None:
     allowed = await cors_client.options(
-        "/health",
+        "/ready",
         headers={
             "Origin": "https://app.example",
             "Access-Control-Request-Method": "POST",
@@ -117,14 +117,14 @@ async def test_cors_preflight(cors_client: httpx.AsyncClient) -> None:
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     refused = await cors_client.options(
-        "/health",
+        "/ready",
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert refused.status_code == 400
 
 
 async def test_no_cors_headers_by_default(client: httpx.AsyncClient) -> None:
-    response = await client.get("/health", headers={"Origin": "https://app.example"})
+    response = await client.get("/ready", headers={"Origin": "https://app.example"})
     assert "access-control-allow-origin" not in response.headers
 
 
@@ -144,7 +144,7 @@ async def test_one_access_log_line_per_request(
 ) -> None:
     capsys.readouterr()
     await client.get(
-        "/health?token=abc123",
+        "/ready?token=abc123",
         headers={"X-Request-ID": "log-me", "Authorization": "Bearer s3cr3t"},
     )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
@@ -153,8 +153,8 @@ async def test_one_access_log_line_per_request(
     line = access[0]
     assert line["request_id"] == "log-me"
     assert line["method"] == "GET"
-    assert line["path"] == "/health"
-    assert line["route"] == "/health"
+    assert line["path"] == "/ready"
+    assert line["route"] == "/ready"
     assert line["status"] == 200
     assert line["duration_ms"] >= 0
     assert line["level"] == "info"
@@ -170,3 +170,42 @@ async def test_unmatched_routes_share_one_route_label(
     await client.get("/random/path/12345")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
     assert [line["route"] for line in lines if line["event"] == "request"] == ["<unmatched>"]
+
+
+async def test_health_probes_write_no_access_line_by_default(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    response = await client.get("/health")
+    assert response.headers["x-request-id"]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    assert [line for line in lines if line["event"] == "request"] == []
+
+
+async def test_health_access_lines_can_be_turned_on(
+    make_settings: SettingsFactory, migrated_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = create_app(make_settings(log={"access_skip_paths": []}))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as client,
+    ):
+        capsys.readouterr()
+        await client.get("/health")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    (access,) = [line for line in lines if line["event"] == "request"]
+    assert access["route"] == "/health"
+    assert access["status"] == 200
+
+
+async def test_health_fast_path_answers_head_and_leaves_other_methods_to_routing(
+    client: httpx.AsyncClient,
+) -> None:
+    head = await client.head("/health")
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == "15"
+    assert head.headers["x-content-type-options"] == "nosniff"
+    assert (await client.post("/health")).status_code == 405

@@ -156,6 +156,7 @@ async def test_docs_are_off_in_production(make_settings: SettingsFactory) -> Non
         env="production",
         metrics={"token": "t"},
         auth={"signing_key_files": ["/keys/a.pem"]},
+        secret_key="s" * 40,
     )
     async with serving(settings) as client:
         assert (await client.get("/docs")).status_code == 404

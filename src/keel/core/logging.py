@@ -8,6 +8,7 @@ Secrets are redacted in a processor that every line passes through.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -46,14 +47,32 @@ _SECRET_IN_TEXT = (
 )
 
 
+# One cheap search that every secret pattern above would also hit: most values (paths,
+# methods, addresses) fail it at once and skip the substitutions. This keeps redaction
+# affordable on the access line, which every request writes.
+_MIGHT_HOLD_SECRET = re.compile(r"(?i)bearer|basic|eyJ|://|token|pass|secret|signature|key")
+
+# Values Keel itself writes in a known, secret-free shape.
+_SAFE_KEYS = frozenset(
+    {"level", "timestamp", "request_id", "method", "status", "duration_ms", "bytes", "logger"}
+)
+
+
 def redact_text(text: str) -> str:
+    if not _MIGHT_HOLD_SECRET.search(text):
+        return text
     for pattern, replacement in _SECRET_IN_TEXT:
         text = pattern.sub(replacement, text)
     return text
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    return _SECRET_KEY.search(key) is not None
+
+
 def _redact_value(key: str | None, value: Any) -> Any:
-    if key is not None and _SECRET_KEY.search(key) and value is not None:
+    if key is not None and value is not None and _is_secret_key(key):
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)
@@ -66,6 +85,8 @@ def _redact_value(key: str | None, value: Any) -> Any:
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     for key, value in event_dict.items():
+        if key in _SAFE_KEYS or isinstance(value, int | float | bool):
+            continue
         # The event name itself is a fixed string chosen by the code, but may be a
         # formatted message from a library: redact its text, keep the key.
         event_dict[key] = _redact_value(None if key == "event" else key, value)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -71,6 +73,9 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        # Labelled children by (method, route, status): looking them up through
+        # .labels() on every request costs a lock and a tuple of strings.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.jobs = Counter(
             "keel_jobs_total",
             "Background jobs finished, by job and outcome.",
@@ -79,9 +84,16 @@ class Metrics:
         )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        status_label = str(status)
-        self.requests.labels(method, route, status_label).inc()
-        self.duration.labels(method, route, status_label).observe(seconds)
+        if method not in KNOWN_METHODS:
+            method = "OTHER"  # a client's made-up method must not mint a new series
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (method, route, str(status))
+            children = (self.requests.labels(*labels), self.duration.labels(*labels))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_pool(self, engine: AsyncEngine) -> None:
         """Track this process's pool connections as idle or in use, from pool events."""

@@ -38,10 +38,12 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, skip_log_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.metrics = metrics
-        self.log_requests = log_requests
+        self.skip_log_paths = skip_log_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,7 +80,7 @@ class ObservabilityMiddleware:
             method = scope["method"]
             self.metrics.in_flight.dec()
             self.metrics.observe_request(method, route, status_code, duration)
-            if self.log_requests:
+            if scope["path"] not in self.skip_log_paths:
                 access_log.info(
                     "request",
                     method=method,
