@@ -26,6 +26,7 @@ from keel.main import create_app
 from keel.models import Base
 from tests.fixtures import databases
 from tests.fixtures.queries import StatementCounter, counting_statements
+from tests.support.mailbox import RecordingMailer
 
 # The suite decides its own settings: a developer's KEEL_* variables must not leak in.
 for _name in [name for name in os.environ if name.startswith("KEEL_")]:
@@ -93,6 +94,9 @@ def make_settings(
             "database": {"url": database_url},
             "redis": {"url": redis_url, "key_prefix": redis_prefix},
             "log": {"level": "INFO", "format": "json"},
+            # Cheap hashes: the suite hashes hundreds of passwords; the parameters are
+            # settings, and production's are tested where they matter (the upgrade).
+            "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1},
         }
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(values.get(key), dict):
@@ -157,3 +161,11 @@ def count_queries(app: FastAPI, client: httpx.AsyncClient) -> Iterator[Statement
     """Counts every SQL statement the app runs from here on (reset() between phases)."""
     with counting_statements(app.state.resources.engine) as counter:
         yield counter
+
+
+@pytest.fixture
+def mailbox(app: FastAPI, client: httpx.AsyncClient) -> RecordingMailer:
+    """Every e-mail the app sends from here on, with the tokens it carries."""
+    mailer = RecordingMailer()
+    app.state.resources.mailer = mailer
+    return mailer

@@ -222,6 +222,67 @@ def check() -> None:
     typer.echo("Models and migrations agree.")
 
 
+keys_app = typer.Typer(help="Access-token signing keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; the old one stays published until its tokens expire."""
+    from keel.core.security import keys
+
+    settings = _load_settings()
+    if settings.auth.signing_key_files:
+        ttl = settings.auth.access_token_ttl_seconds
+        _fail(
+            [
+                (
+                    "the signing keys are the files in KEEL_AUTH_SIGNING_KEY_FILES: to rotate, "
+                    "put a new P-256 PEM file first in that list, keep the old ones after it "
+                    f"for at least {ttl} s (the access-token lifetime), then restart."
+                )
+            ]
+        )
+    try:
+        ring = keys.rotate(settings)
+    except keys.SigningKeyError as exc:
+        _fail([str(exc)])
+        raise  # unreachable, for the type checker
+    typer.echo(f"New signing key: {ring.signing_key.kid}")
+    for key in ring.keys:
+        if key.valid_until is not None:
+            typer.echo(f"Still published until {key.valid_until.isoformat()}: {key.kid}")
+    # Running workers loaded their key ring at start-up.
+    typer.echo("Restart the service so that it signs with the new key.")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Show each signing key: kid, source and status."""
+    from keel.core.security import keys
+
+    settings = _load_settings()
+    if not settings.auth.signing_key_files and keys.GeneratedKeys(settings).read() is None:
+        typer.echo("No key yet: one is generated at first start.")
+        return
+    try:
+        ring = keys.KeyRing.load(settings)
+    except keys.SigningKeyError as exc:
+        _fail([str(exc)])
+        raise  # unreachable, for the type checker
+    now = keys.utc_now()
+    for key in ring.keys:
+        if key.kid == ring.signing_key.kid:
+            status = "signing"
+        elif key.valid_until is None:
+            status = "verifying"
+        elif key.is_live(now):
+            status = f"retired, published until {key.valid_until.isoformat()}"
+        else:
+            status = "expired"
+        typer.echo(f"{key.kid}  {key.source}  {status}")
+
+
 def main() -> None:
     app()
 

@@ -90,8 +90,8 @@ class AuthSettings(BaseModel):
 class LimitSettings(BaseModel):
     """Rate limits, in the `limits` library's notation (API.md's defaults)."""
 
-    token_account: str = "10/minute"
-    token_ip: str = "60/minute"
+    token_account: str = "10/minute"  # noqa: S105 - a rate, not a secret
+    token_ip: str = "60/minute"  # noqa: S105 - a rate, not a secret
     register_ip: str = "20/hour"
     email_ip: str = "5/hour"
 

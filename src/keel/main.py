@@ -26,7 +26,12 @@ from keel.core.middleware.observability import ObservabilityMiddleware
 from keel.core.middleware.security_headers import SecurityHeadersMiddleware
 from keel.core.middleware.unhandled import UnhandledErrorMiddleware
 from keel.core.resources import open_resources
+from keel.api_keys.router import router as api_keys_router
+from keel.auth.router import jwks_router
+from keel.auth.router import router as auth_router
+from keel.auth.service import ensure_first_admin
 from keel.health.router import router as health_router
+from keel.users.router import router as users_router
 
 API_PREFIX = "/api/v1"
 
@@ -61,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_resources(settings, metrics) as resources:
             app.state.resources = resources
+            await resources.revocations.load()
+            await ensure_first_admin(resources)
             yield
 
     openapi_url = "/openapi.json" if settings.show_docs else None
@@ -78,6 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(auth_router)
+    app.include_router(jwks_router)
+    app.include_router(users_router)
+    app.include_router(api_keys_router)
 
     # Added innermost first: a request passes observability, security headers, the
     # /health fast path, CORS, compression, the body limit and the last-resort handler.

@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
@@ -151,11 +153,19 @@ async def test_metrics_token_is_required_when_set(make_settings: SettingsFactory
     assert right.status_code == 200
 
 
-async def test_docs_are_off_in_production(make_settings: SettingsFactory) -> None:
+async def test_docs_are_off_in_production(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    key_file = tmp_path / "signing.pem"
+    key_file.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     settings = make_settings(
         env="production",
         metrics={"token": "t"},
-        auth={"signing_key_files": ["/keys/a.pem"]},
+        auth={"signing_key_files": [key_file]},
         secret_key="s" * 40,
     )
     async with serving(settings) as client:

@@ -14,10 +14,19 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from keel.auth.mailer import AccountMailer, LogOnlyMailer
+from keel.auth.revocation import InProcessRevocations, RedisRevocations, SessionRevocations
 from keel.config import Settings
 from keel.core.broker import Broker, InProcessBroker, RedisBroker
 from keel.core.db import create_engine, create_sessionmaker
+from keel.core.client_ip import ClientIpResolver
 from keel.core.metrics import Metrics
+from keel.core.pagination import CursorCodec
+from keel.core.ratelimit import RateLimiter
+from keel.core.security.access_tokens import AccessTokens
+from keel.core.security.keys import KeyRing
+from keel.core.security.passwords import PasswordHasher
+from keel.core.security.secret import load_secret
 
 log = structlog.get_logger("keel.resources")
 
@@ -30,6 +39,14 @@ class Resources:
     redis: Redis | None
     broker: Broker
     metrics: Metrics
+    passwords: PasswordHasher
+    keys: KeyRing
+    access_tokens: AccessTokens
+    revocations: SessionRevocations
+    limiter: RateLimiter
+    cursors: CursorCodec
+    client_ip: ClientIpResolver
+    mailer: AccountMailer
 
 
 def create_redis(url: str) -> Redis:
@@ -60,6 +77,17 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
         await broker.start()
         stack.push_async_callback(broker.close)
 
+        sessionmaker = create_sessionmaker(engine)
+        access_ttl = settings.auth.access_token_ttl_seconds
+        revocations: SessionRevocations = (
+            RedisRevocations(redis, settings.redis.key_prefix, sessionmaker, access_ttl)
+            if redis is not None
+            else InProcessRevocations(sessionmaker, access_ttl)
+        )
+        limiter = RateLimiter.from_settings(settings)
+        stack.push_async_callback(limiter.close)
+        keys = KeyRing.load(settings)
+
         log.info(
             "resources_opened",
             database=engine.url.render_as_string(hide_password=True),
@@ -68,9 +96,17 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
         yield Resources(
             settings=settings,
             engine=engine,
-            sessionmaker=create_sessionmaker(engine),
+            sessionmaker=sessionmaker,
             redis=redis,
             broker=broker,
             metrics=metrics,
+            passwords=PasswordHasher(settings.auth),
+            keys=keys,
+            access_tokens=AccessTokens(keys, settings),
+            revocations=revocations,
+            limiter=limiter,
+            cursors=CursorCodec(load_secret(settings)),
+            client_ip=ClientIpResolver(settings.server.trusted_proxies),
+            mailer=LogOnlyMailer(),
         )
     log.info("resources_closed")

@@ -1,5 +1,20 @@
 """Every ORM model, imported here so that Alembic and the tests see them all at once."""
 
+from keel.models.api_key import ApiKey
+from keel.models.auth import AuthSession, OneTimePurpose, OneTimeToken, RefreshToken
 from keel.models.base import Base, Timestamps, UTCDateTime, UUIDPrimaryKey
+from keel.models.user import Role, User
 
-__all__ = ["Base", "Timestamps", "UTCDateTime", "UUIDPrimaryKey"]
+__all__ = [
+    "ApiKey",
+    "AuthSession",
+    "Base",
+    "OneTimePurpose",
+    "OneTimeToken",
+    "RefreshToken",
+    "Role",
+    "Timestamps",
+    "UTCDateTime",
+    "UUIDPrimaryKey",
+    "User",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -45,6 +46,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def enum_values(enum_class: type[enum.Enum]) -> list[str]:
+    """Store an enum's values ("admin"), not its member names ("ADMIN")."""
+    return [str(member.value) for member in enum_class]
 
 
 def utcnow() -> datetime:

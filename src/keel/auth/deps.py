@@ -1,0 +1,135 @@
+"""Who is calling: the credential check every protected route depends on.
+
+A bearer value that starts with the API-key prefix is an API key (looked up by its
+hash); anything else must be an access token (verified by signature, then checked
+against ended sessions without a database round trip).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import select, update
+
+from keel.auth.permissions import Permission, role_allows
+from keel.core.db import DbSession
+from keel.core.errors import Forbidden, Unauthorized
+from keel.core.resources import Resources
+from keel.core.security.access_tokens import InvalidAccessToken
+from keel.core.security.opaque import token_hash
+from keel.models import ApiKey, Role, User
+from keel.models.base import utcnow
+
+# Declares the scheme in OpenAPI, so Swagger UI's Authorize button logs in through the
+# token endpoint; the credential itself is read below (it may also be an API key).
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+
+API_KEY_TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: uuid.UUID
+    role: Role
+    # Set for access tokens (the session they belong to), None for API keys.
+    session_id: uuid.UUID | None = None
+    api_key_id: uuid.UUID | None = None
+
+    @property
+    def via_api_key(self) -> bool:
+        return self.api_key_id is not None
+
+    def can(self, permission: Permission) -> bool:
+        return role_allows(self.role, permission)
+
+
+def _unauthorized(message: str, *, credential_sent: bool) -> Unauthorized:
+    challenge = 'Bearer error="invalid_token"' if credential_sent else "Bearer"
+    return Unauthorized(message, headers={"WWW-Authenticate": challenge})
+
+
+def _credential(request: Request) -> str | None:
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise _unauthorized("Malformed Authorization header", credential_sent=True)
+        return value.strip()
+    return request.headers.get("x-api-key")
+
+
+async def _from_api_key(key: str, session: DbSession) -> Principal:
+    row = (
+        await session.execute(
+            select(ApiKey.id, ApiKey.expires_at, ApiKey.last_used_at, User.id, User.role)
+            .join(User, User.id == ApiKey.user_id)
+            .where(ApiKey.key_hash == token_hash(key), User.is_active.is_(True))
+        )
+    ).first()
+    now = utcnow()
+    if row is None or (row[1] is not None and row[1] <= now):
+        raise _unauthorized("Invalid or expired API key", credential_sent=True)
+    key_id, _, last_used_at, user_id, role = row
+    if last_used_at is None or now - last_used_at >= API_KEY_TOUCH_INTERVAL:
+        await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+    return Principal(user_id=user_id, role=Role(role), api_key_id=key_id)
+
+
+async def authenticate(
+    request: Request,
+    session: DbSession,
+    _scheme: Annotated[str | None, Depends(oauth2_scheme)] = None,
+) -> Principal:
+    credential = _credential(request)
+    if credential is None:
+        raise _unauthorized("Not authenticated", credential_sent=False)
+    resources: Resources = request.app.state.resources
+    if credential.startswith(resources.settings.auth.api_key_prefix):
+        return await _from_api_key(credential, session)
+    try:
+        claims = resources.access_tokens.verify(credential)
+    except InvalidAccessToken as exc:
+        raise _unauthorized("Invalid or expired token", credential_sent=True) from exc
+    if await resources.revocations.is_revoked(claims.session_id):
+        raise _unauthorized("Session has ended", credential_sent=True)
+    return Principal(user_id=claims.user_id, role=Role(claims.role), session_id=claims.session_id)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+
+
+async def _password_login(principal: CurrentPrincipal) -> Principal:
+    if principal.via_api_key:
+        raise Forbidden("This action needs a sign-in with a password, not an API key")
+    return principal
+
+
+# For the actions API.md keeps from API keys (key management, sessions, password...).
+PasswordLogin = Annotated[Principal, Depends(_password_login)]
+
+
+def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency that lets through only callers whose role has `permission`."""
+
+    async def check(principal: CurrentPrincipal) -> Principal:
+        if not principal.can(permission):
+            raise Forbidden("Your role does not allow this")
+        return principal
+
+    return check
+
+
+async def _current_user(principal: CurrentPrincipal, session: DbSession) -> User:
+    user = await session.get(User, principal.user_id)
+    if user is None or not user.is_active:
+        raise _unauthorized("Account is not active", credential_sent=True)
+    return user
+
+
+CurrentUser = Annotated[User, Depends(_current_user)]

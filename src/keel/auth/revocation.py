@@ -1,0 +1,155 @@
+"""Ended sessions, checked on every authenticated request without touching the database.
+
+An access token names its session (`sid`). Ending a session (logout, logout-all,
+password change or reset, deactivation, role change, deletion) records the sid here
+before the change commits, so the token stops working on its very next request. A
+record only has to outlive the longest-lived access token issued before it.
+
+- In-process (one worker): a dict, filled at start-up from the sessions that ended
+  recently, so a restart forgets nothing.
+- Redis (any number of workers): one key per ended session. A marker key says the
+  records were loaded; if Redis lost its data (restart without persistence), the check
+  falls back to the database and reloads them. If Redis cannot be reached, the check
+  asks the database: a token is never trusted blindly.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from keel.models import AuthSession
+from keel.models.base import utcnow
+
+log = structlog.get_logger("keel.auth.revocation")
+
+
+async def _ended_recently(
+    sessionmaker: async_sessionmaker[AsyncSession], within_seconds: int
+) -> list[tuple[uuid.UUID, float]]:
+    """(sid, seconds its record must still live) for sessions ended within the window."""
+    now = utcnow()
+    async with sessionmaker() as session:
+        rows = await session.execute(
+            select(AuthSession.id, AuthSession.ended_at).where(
+                AuthSession.ended_at > now - timedelta(seconds=within_seconds)
+            )
+        )
+        return [
+            (sid, within_seconds - (now - ended_at).total_seconds())
+            for sid, ended_at in rows
+            if ended_at is not None
+        ]
+
+
+async def _ended_in_database(
+    sessionmaker: async_sessionmaker[AsyncSession], session_id: uuid.UUID
+) -> bool:
+    async with sessionmaker() as session:
+        row = await session.execute(
+            select(AuthSession.ended_at).where(AuthSession.id == session_id)
+        )
+        found = row.first()
+    # A session that no longer exists (its user was deleted) has ended too.
+    return found is None or found[0] is not None
+
+
+class InProcessRevocations:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], ttl_seconds: int) -> None:
+        self._sessionmaker = sessionmaker
+        self._ttl = ttl_seconds
+        self._ended: dict[uuid.UUID, float] = {}
+        self._loaded = False
+
+    async def load(self) -> None:
+        try:
+            recent = await _ended_recently(self._sessionmaker, self._ttl)
+        except Exception as exc:  # noqa: BLE001 - the database may be down at start-up
+            # Until a load succeeds, every check asks the database.
+            log.warning("revocations_not_loaded", error=repr(exc))
+            return
+        start = time.monotonic()
+        for sid, remaining in recent:
+            self._ended[sid] = start + remaining
+        self._loaded = True
+
+    async def revoke(self, session_ids: Iterable[uuid.UUID]) -> None:
+        expires = time.monotonic() + self._ttl
+        for sid in session_ids:
+            self._ended[sid] = expires
+        self._forget_expired()
+
+    async def is_revoked(self, session_id: uuid.UUID) -> bool:
+        if not self._loaded:
+            await self.load()
+            if not self._loaded:
+                return await _ended_in_database(self._sessionmaker, session_id)
+        expires = self._ended.get(session_id)
+        return expires is not None and expires > time.monotonic()
+
+    def _forget_expired(self) -> None:
+        if len(self._ended) < 10_000:
+            return
+        now = time.monotonic()
+        self._ended = {sid: at for sid, at in self._ended.items() if at > now}
+
+
+class RedisRevocations:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        ttl_seconds: int,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix + "revoked:"
+        self._loaded_key = prefix + "revoked-loaded"
+        self._sessionmaker = sessionmaker
+        self._ttl = ttl_seconds
+
+    def _key(self, session_id: uuid.UUID) -> str:
+        return f"{self._prefix}{session_id}"
+
+    async def load(self) -> None:
+        try:
+            recent = await _ended_recently(self._sessionmaker, self._ttl)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for sid, remaining in recent:
+                    pipe.set(self._key(sid), 1, px=max(1, int(remaining * 1000)))
+                pipe.set(self._loaded_key, 1)
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - Redis or the database may be down
+            # Checks fall back to the database until a later load succeeds.
+            log.warning("revocations_not_loaded", error=repr(exc))
+
+    async def revoke(self, session_ids: Iterable[uuid.UUID]) -> None:
+        # Raises when Redis is down: the caller's transaction then rolls back (503),
+        # rather than ending a session that other workers would still accept.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for sid in session_ids:
+                pipe.set(self._key(sid), 1, ex=self._ttl)
+            await pipe.execute()
+
+    async def is_revoked(self, session_id: uuid.UUID) -> bool:
+        try:
+            loaded, revoked = await self._redis.mget(self._loaded_key, self._key(session_id))
+        except RedisError as exc:
+            log.warning("revocation_check_fell_back_to_database", error=repr(exc))
+            return await _ended_in_database(self._sessionmaker, session_id)
+        if loaded is None:
+            log.warning("revocations_missing_in_redis_reloading")
+            await self.load()
+            return await _ended_in_database(self._sessionmaker, session_id)
+        return revoked is not None
+
+
+SessionRevocations = InProcessRevocations | RedisRevocations

@@ -1,0 +1,52 @@
+"""Request and response bodies of the auth routes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+
+class Body(BaseModel):
+    # Unknown fields are refused (422): no silent mass assignment.
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterRequest(Body):
+    email: EmailStr
+    password: str = Field(max_length=1024)
+    full_name: str | None = Field(default=None, max_length=200)
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    refresh_token: str
+
+
+class LogoutRequest(Body):
+    refresh_token: str = Field(max_length=512)
+
+
+class VerifyEmailRequest(Body):
+    token: str = Field(max_length=512)
+
+
+class ForgotPasswordRequest(Body):
+    email: EmailStr
+
+
+class ResetPasswordRequest(Body):
+    token: str = Field(max_length=512)
+    new_password: str = Field(max_length=1024)
+
+
+class SessionRead(BaseModel):
+    id: uuid.UUID
+    created_at: datetime
+    last_used_at: datetime
+    user_agent: str | None
+    ip: str | None
+    current: bool

@@ -1,0 +1,1 @@
+"""Credentials: password hashing, opaque tokens, signing keys and access tokens."""

@@ -1,0 +1,42 @@
+"""Accounts."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import Boolean, Enum, String, true
+from sqlalchemy.orm import Mapped, mapped_column
+
+from keel.models.base import Base, Timestamps, UTCDateTime, UUIDPrimaryKey, enum_values
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    MODERATOR = "moderator"
+    ADMIN = "admin"
+
+
+class User(UUIDPrimaryKey, Timestamps, Base):
+    __tablename__ = "users"
+
+    # Stored in lower case (API.md), so a plain unique index makes e-mails unique
+    # without regard to case.
+    email: Mapped[str] = mapped_column(String(320), unique=True, index=True)
+    hashed_password: Mapped[str] = mapped_column(String(255))
+    full_name: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[Role] = mapped_column(
+        Enum(
+            Role,
+            name="user_role",
+            native_enum=False,
+            length=16,
+            validate_strings=True,
+            values_callable=enum_values,
+        ),
+        default=Role.USER,
+        index=True,
+    )
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    is_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,134 @@
+"""User routes (API.md, "Users"): the caller's own account, and administration."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from keel.auth.deps import CurrentPrincipal, CurrentUser, PasswordLogin, require
+from keel.auth.permissions import Permission
+from keel.core.db import DbSession
+from keel.core.pagination import Page, PageParams, page_params, paginate
+from keel.core.resources import Resources
+from keel.core.routing import KeelRoute
+from keel.models import Role, User
+from keel.users import service
+from keel.users.schemas import (
+    PasswordChange,
+    UserAdminUpdate,
+    UserCreate,
+    UserRead,
+    UserSelfUpdate,
+)
+
+router = APIRouter(prefix="/api/v1/users", tags=["users"], route_class=KeelRoute)
+
+UserPage = Annotated[
+    PageParams, Depends(page_params({"created_at": User.created_at, "email": User.email}))
+]
+Reader = Annotated[CurrentPrincipal, Depends(require(Permission.USERS_READ))]
+Manager = Annotated[CurrentPrincipal, Depends(require(Permission.USERS_MANAGE))]
+
+
+def _resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+@router.get("/me", response_model=UserRead)
+async def read_me(user: CurrentUser) -> Any:
+    """The caller's account."""
+    return user
+
+
+@router.patch("/me", response_model=UserRead)
+async def update_me(
+    body: UserSelfUpdate,
+    principal: CurrentPrincipal,
+    user: CurrentUser,
+    request: Request,
+    session: DbSession,
+) -> Any:
+    """Change the caller's name or e-mail (the e-mail needs the current password)."""
+    return await service.update_self(_resources(request), session, principal, user, body)
+
+
+@router.post("/me/password", status_code=204)
+async def change_password(
+    body: PasswordChange,
+    principal: PasswordLogin,
+    user: CurrentUser,
+    request: Request,
+    session: DbSession,
+) -> None:
+    """Change the caller's password; their other sessions end."""
+    await service.change_own_password(
+        _resources(request), session, principal, user, body.current_password, body.new_password
+    )
+
+
+@router.delete("/me", status_code=204)
+async def delete_me(
+    _principal: PasswordLogin, user: CurrentUser, request: Request, session: DbSession
+) -> None:
+    """Delete the caller's account with everything it owns."""
+    await service.delete_user(_resources(request), session, user)
+
+
+@router.get("", response_model=Page[UserRead])
+async def list_users(
+    _reader: Reader,
+    session: DbSession,
+    request: Request,
+    params: UserPage,
+    q: Annotated[str | None, Query(max_length=100, description="E-mail or name contains")] = None,
+    role: Role | None = None,
+    is_active: bool | None = None,
+) -> Any:
+    """List users (moderators and admins)."""
+    window = await paginate(
+        session,
+        service.list_query(q, role, is_active),
+        params,
+        id_column=User.id,
+        codec=_resources(request).cursors,
+    )
+    return Page[UserRead].of(window)
+
+
+@router.post("", status_code=201, response_model=UserRead)
+async def create_user(
+    body: UserCreate, _manager: Manager, request: Request, session: DbSession
+) -> Any:
+    """Create a user (admins)."""
+    return await service.create_by_admin(_resources(request), session, body)
+
+
+@router.get("/{user_id}", response_model=UserRead)
+async def read_user(user_id: uuid.UUID, _reader: Reader, session: DbSession) -> Any:
+    """Read any user (moderators and admins)."""
+    return await service.get_user(session, user_id)
+
+
+@router.patch("/{user_id}", response_model=UserRead)
+async def update_user(
+    user_id: uuid.UUID,
+    body: UserAdminUpdate,
+    _manager: Manager,
+    request: Request,
+    session: DbSession,
+) -> Any:
+    """Change any user (admins); deactivation ends the user's sessions at once."""
+    user = await service.get_user(session, user_id)
+    return await service.update_by_admin(_resources(request), session, user, body)
+
+
+@router.delete("/{user_id}", status_code=204)
+async def delete_user(
+    user_id: uuid.UUID, _manager: Manager, request: Request, session: DbSession
+) -> None:
+    """Delete any user (admins)."""
+    user = await service.get_user(session, user_id)
+    await service.delete_user(_resources(request), session, user)

@@ -1,0 +1,1 @@
+"""Factories: rows made through the same service code the API uses."""
