@@ -11,197 +11,39 @@ repository root is put on PYTHONPATH so `tests.support.slow_app` imports).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from keel.core.metrics import MULTIPROC_ENV
 from tests.fixtures import databases
+from tests.support.servers import (
+    clean_env,
+    connection_refused,
+    request_counts_by_worker,
+    run_to_exit,
+    serve,
+    wait_for_exit,
+    wait_until_healthy,
+    wait_until_refused,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SLOW_FACTORY = "tests.support.slow_app:create"
-HOST = "127.0.0.1"
-STARTUP_SECONDS = 20.0
 HEALTH_LABELS = {"method": "GET", "route": "/health", "status": "200"}
 
 # Uvicorn ends a graceful shutdown by raising SIGTERM again; `keel serve` turns that into
 # exit status 0, after the in-flight requests and the lifespan shutdown have completed.
 # Anything else (1, killed by a signal, no exit) fails.
 EXIT_AFTER_GRACEFUL_SIGTERM = 0
-
-
-# --- processes -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**settings: str) -> dict[str, str]:
-    """This process's environment without any KEEL_* or metrics folder, plus `settings`."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("KEEL_") and name.upper() != MULTIPROC_ENV
-    }
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env["PYTHONUNBUFFERED"] = "1"  # every line is in the files, however the process ends
-    env.update(settings)
-    return env
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop the server if it still runs, then kill anything left in its process group."""
-    if process.poll() is None:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    stdout: Path
-    stderr: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def output(self) -> str:
-        return (
-            f"--- stdout ---\n{self.stdout.read_text(errors='replace')}\n"
-            f"--- stderr ---\n{self.stderr.read_text(errors='replace')}"
-        )
-
-    def log_events(self) -> list[str]:
-        """The `event` of each JSON log line (KEEL_LOG_FORMAT=json), in order."""
-        events: list[str] = []
-        for line in self.stdout.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict) and isinstance(record.get("event"), str):
-                    events.append(record["event"])
-        return events
-
-
-def _start(workdir: Path, env: dict[str, str], args: list[str]) -> Server:
-    port = free_port()
-    stdout = workdir / f"keel-{port}.out"
-    stderr = workdir / f"keel-{port}.err"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "keel", "serve", "--host", HOST, "--port", str(port), *args],
-            cwd=workdir,
-            env=env,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,  # its own process group, so no worker outlives the test
-        )
-    return Server(process, port, stdout, stderr)
-
-
-@contextlib.contextmanager
-def serve(workdir: Path, env: dict[str, str], *args: str) -> Iterator[Server]:
-    server = _start(workdir, env, list(args))
-    try:
-        yield server
-    finally:
-        stop(server.process)
-
-
-def run_to_exit(workdir: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    """Run `keel serve` that is expected to refuse to start: (exit code, stdout, stderr)."""
-    with serve(workdir, env, *args) as server:
-        try:
-            code = server.process.wait(timeout=STARTUP_SECONDS)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"keel serve did not exit by itself:\n{server.output()}")
-        return (
-            code,
-            server.stdout.read_text(errors="replace"),
-            server.stderr.read_text(errors="replace"),
-        )
-
-
-async def wait_for_exit(process: subprocess.Popen[bytes], timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while (code := process.poll()) is None and time.monotonic() < deadline:
-        await anyio.sleep(0.02)
-    return code
-
-
-def connection_refused(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=1):
-            return False
-    except ConnectionRefusedError:
-        return True
-
-
-async def wait_until_refused(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not connection_refused(port):
-        if time.monotonic() > deadline:
-            pytest.fail(f"port {port} still accepts connections {timeout} s after SIGTERM")
-        await anyio.sleep(0.02)
-
-
-# --- HTTP ----------------------------------------------------------------------------
-
-
-async def wait_until_healthy(server: Server) -> int:
-    """Poll /health until it answers; return how many probes the server answered.
-
-    A refused connection never reached the server. A probe that connected waits for its
-    answer (a multi-worker server binds before its workers start), so every request the
-    server saw is counted here, or the test fails: never a guess.
-    """
-    deadline = time.monotonic() + STARTUP_SECONDS
-    timeout = httpx.Timeout(STARTUP_SECONDS, connect=2.0)
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        while True:
-            code = server.process.poll()
-            if code is not None:
-                pytest.fail(f"keel serve exited with {code} before /health:\n{server.output()}")
-            try:
-                response = await client.get(f"{server.url}/health")
-            except httpx.ConnectError:
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"/health did not answer in {STARTUP_SECONDS} s:\n{server.output()}"
-                    )
-                await anyio.sleep(0.05)
-                continue
-            assert response.status_code == 200, response.text
-            return 1
 
 
 async def send_health_requests(url: str, count: int, concurrency: int = 8) -> int:
@@ -258,16 +100,7 @@ def sample_value(families: list[Metric], name: str, labels: dict[str, str] | Non
 
 def health_counts_by_worker(metrics_dir: Path, scratch: Path) -> dict[int, float]:
     """GET /health 200 counts in each process's own counter file (counter_<pid>.db)."""
-    counts: dict[int, float] = {}
-    for path in sorted(metrics_dir.glob("counter_*.db")):
-        pid = int(path.stem.removeprefix("counter_"))
-        single = scratch / str(pid)
-        single.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, single / path.name)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(single))  # type: ignore[no-untyped-call]
-        counts[pid] = registry.get_sample_value("keel_http_requests_total", HEALTH_LABELS) or 0.0
-    return counts
+    return request_counts_by_worker(metrics_dir, scratch, HEALTH_LABELS)
 
 
 async def wait_for_recorded(metrics_dir: Path, scratch: Path, total: int) -> dict[int, float]:

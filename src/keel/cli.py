@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+users_app = typer.Typer(help="Accounts.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 T = TypeVar("T")
 
@@ -281,6 +283,55 @@ def keys_list() -> None:
         else:
             status = "expired"
         typer.echo(f"{key.kid}  {key.source}  {status}")
+
+
+@users_app.command("create")
+def create_user(
+    email: Annotated[str, typer.Argument(help="The account's e-mail address.")],
+    admin: Annotated[bool, typer.Option("--admin", help="Make the account an admin.")] = False,
+    full_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    password_env: Annotated[
+        str | None,
+        typer.Option(help="Read the password from this environment variable, not a prompt."),
+    ] = None,
+) -> None:
+    """Create an account (verified); prompts for its password unless --password-env."""
+    from keel.auth.service import create_user as create
+    from keel.core.db import create_sessionmaker
+    from keel.core.errors import AppError
+    from keel.core.security.passwords import PasswordHasher
+    from keel.models import Role
+
+    settings = _load_settings()
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if not password:
+            _fail([f"the environment variable {password_env} is not set or empty"])
+            return
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+    async def work(engine: AsyncEngine) -> str:
+        async with create_sessionmaker(engine)() as session:
+            user = await create(
+                PasswordHasher(settings.auth),
+                session,
+                email=email,
+                password=password,
+                full_name=full_name,
+                role=Role.ADMIN if admin else Role.USER,
+                is_verified=True,
+            )
+            await session.commit()
+            return str(user.id)
+
+    try:
+        user_id = _with_engine(settings, work)
+    except AppError as exc:  # a taken e-mail (409) or a password the policy refuses (422)
+        _fail([exc.detail_message])
+        return
+    role = "admin" if admin else "user"
+    typer.echo(f"Created {role} {email.strip().lower()} ({user_id}).")
 
 
 def main() -> None:

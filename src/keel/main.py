@@ -14,6 +14,10 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 import keel
+from keel.api_keys.router import router as api_keys_router
+from keel.auth.router import jwks_router
+from keel.auth.router import router as auth_router
+from keel.auth.service import ensure_first_admin
 from keel.config import Settings, check_settings
 from keel.core.docs import install_docs
 from keel.core.errors import install_error_handlers
@@ -26,10 +30,6 @@ from keel.core.middleware.observability import ObservabilityMiddleware
 from keel.core.middleware.security_headers import SecurityHeadersMiddleware
 from keel.core.middleware.unhandled import UnhandledErrorMiddleware
 from keel.core.resources import open_resources
-from keel.api_keys.router import router as api_keys_router
-from keel.auth.router import jwks_router
-from keel.auth.router import router as auth_router
-from keel.auth.service import ensure_first_admin
 from keel.health.router import router as health_router
 from keel.users.router import router as users_router
 

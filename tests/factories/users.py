@@ -33,7 +33,7 @@ async def make_user(
     resources: Resources = app.state.resources
     async with resources.sessionmaker() as session:
         user = await create_user(
-            resources,
+            resources.passwords,
             session,
             email=email or unique_email(role.value),
             password=password,

@@ -39,9 +39,7 @@ async def create_key(
     """Create an API key; the key itself is in this answer and nowhere else."""
     prefix = _resources(request).settings.auth.api_key_prefix
     key = new_token(prefix)
-    expires_at = (
-        utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
-    )
+    expires_at = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     api_key = ApiKey(
         user_id=principal.user_id,
         name=body.name,
@@ -51,7 +49,9 @@ async def create_key(
     )
     session.add(api_key)
     await session.flush()
-    return ApiKeyCreated.model_validate({**ApiKeyRead.model_validate(api_key).model_dump(), "key": key})
+    return ApiKeyCreated.model_validate(
+        {**ApiKeyRead.model_validate(api_key).model_dump(), "key": key}
+    )
 
 
 @router.get("", response_model=Page[ApiKeyRead])

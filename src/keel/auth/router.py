@@ -9,9 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from starlette.datastructures import FormData
 
 from keel.auth import service, sessions
-from keel.auth.deps import CurrentPrincipal, CurrentUser, PasswordLogin
+from keel.auth.deps import CurrentUser, PasswordLogin
 from keel.auth.schemas import (
     ForgotPasswordRequest,
     LogoutRequest,
@@ -22,7 +23,7 @@ from keel.auth.schemas import (
     VerifyEmailRequest,
 )
 from keel.core.db import DbSession
-from keel.core.errors import NotFound
+from keel.core.errors import AppError, NotFound
 from keel.core.pagination import Page, PageParams, page_params, paginate
 from keel.core.ratelimit import RateLimitDecision
 from keel.core.resources import Resources
@@ -49,10 +50,13 @@ def _client(request: Request) -> sessions.Client:
     )
 
 
-async def _limit(request: Request, response: Response, *checks: tuple[str, str]) -> None:
+async def _limit(
+    request: Request, response: Response, *checks: tuple[str, str]
+) -> RateLimitDecision:
     decision: RateLimitDecision = await _resources(request).limiter.hit(*checks)
     decision.raise_if_refused()
     response.headers.update(decision.headers)
+    return decision
 
 
 @router.post("/register", status_code=201, response_model=UserRead)
@@ -62,18 +66,18 @@ async def register(
     """Create an account and send its verification e-mail."""
     resources = _resources(request)
     ip = resources.client_ip(request)
-    await _limit(request, response, (resources.settings.limit.register_ip, f"register:ip:{ip}"))
-    return await service.register(
-        resources, session, email=body.email, password=body.password, full_name=body.full_name
+    decision = await _limit(
+        request, response, (resources.settings.limit.register_ip, f"register:ip:{ip}")
     )
-
-
-def _oauth_error(error: str, description: str, headers: dict[str, str]) -> JSONResponse:
-    return JSONResponse(
-        {"error": error, "error_description": description},
-        status_code=400,
-        headers={**NO_STORE, **headers},
-    )
+    try:
+        return await service.register(
+            resources, session, email=body.email, password=body.password, full_name=body.full_name
+        )
+    except AppError as refused:
+        # The attempt counted, so its refusal (409, 403, 422) says so too: API.md sends
+        # the RateLimit-* headers on every response of a rate-limited endpoint.
+        refused.headers = {**decision.headers, **refused.headers}
+        raise
 
 
 TOKEN_FORM_SCHEMA = {
@@ -96,6 +100,46 @@ TOKEN_FORM_SCHEMA = {
 }
 
 
+class _Refused(Exception):
+    """An RFC 6749 §5.2 error, answered as 400 {"error", "error_description"}."""
+
+    def __init__(self, error: str, description: str) -> None:
+        self.error = error
+        self.description = description
+        super().__init__(description)
+
+
+def _single_values(form: FormData | None) -> dict[str, str]:
+    """The form's parameters, each once; a repeated one is invalid_request (§3.2)."""
+    if form is None:
+        raise _Refused("invalid_request", "The body must be application/x-www-form-urlencoded")
+    values: dict[str, str] = {}
+    for name in form:
+        given = form.getlist(name)
+        if len(given) > 1:
+            raise _Refused("invalid_request", f"Repeated parameter: {name}")
+        if isinstance(given[0], str) and given[0]:
+            values[name] = given[0]
+    return values
+
+
+async def _grant(
+    resources: Resources, session: DbSession, params: dict[str, str], client: sessions.Client
+) -> TokenPair:
+    grant = params.get("grant_type", "password")
+    if grant == "password":
+        if "username" not in params or "password" not in params:
+            raise _Refused("invalid_request", "username and password are required")
+        return await service.password_grant(
+            resources, session, params["username"], params["password"], client
+        )
+    if grant == "refresh_token":
+        if "refresh_token" not in params:
+            raise _Refused("invalid_request", "refresh_token is required")
+        return await sessions.rotate(resources, session, params["refresh_token"], client)
+    raise _Refused("unsupported_grant_type", f"Unsupported grant type: {grant}")
+
+
 @router.post(
     "/token",
     response_model=TokenPair,
@@ -106,56 +150,34 @@ async def token(request: Request, session: DbSession) -> Response:
     """OAuth 2.0 token endpoint: the password and refresh_token grants (RFC 6749)."""
     resources = _resources(request)
     limits = resources.settings.limit
-    ip = resources.client_ip(request)
-    checks = [(limits.token_ip, f"token:ip:{ip}")]
-
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     form = await request.form() if content_type == "application/x-www-form-urlencoded" else None
-    grant_type = form.getlist("grant_type") if form is not None else []
-    username = form.getlist("username") if form is not None else []
-    if form is not None and grant_type in ([], ["password"]) and len(username) == 1:
-        checks.append((limits.token_account, f"token:account:{str(username[0]).lower()}"))
+
+    # The limits come first: while one is exceeded, even a correct password gets 429.
+    checks = [(limits.token_ip, f"token:ip:{resources.client_ip(request)}")]
+    usernames = form.getlist("username") if form is not None else []
+    if len(usernames) == 1 and isinstance(usernames[0], str):
+        checks.append((limits.token_account, f"token:account:{usernames[0].strip().lower()}"))
     decision = await resources.limiter.hit(*checks)
     decision.raise_if_refused()
-    headers = decision.headers
+    headers = {**NO_STORE, **decision.headers}
 
-    if form is None:
-        return _oauth_error(
-            "invalid_request", "The body must be application/x-www-form-urlencoded", headers
-        )
-    repeated = [name for name in set(form.keys()) if len(form.getlist(name)) > 1]
-    if repeated:
-        return _oauth_error(
-            "invalid_request", f"Repeated parameter: {sorted(repeated)[0]}", headers
-        )
-
-    def field(name: str) -> str | None:
-        value = form.get(name)
-        return value if isinstance(value, str) and value else None
-
-    grant = field("grant_type") or "password"
     try:
-        if grant == "password":
-            email, password = field("username"), field("password")
-            if email is None or password is None:
-                return _oauth_error(
-                    "invalid_request", "username and password are required", headers
-                )
-            pair = await service.password_grant(
-                resources, session, email, password, _client(request)
-            )
-        elif grant == "refresh_token":
-            refresh = field("refresh_token")
-            if refresh is None:
-                return _oauth_error("invalid_request", "refresh_token is required", headers)
-            pair = await sessions.rotate(resources, session, refresh, _client(request))
-        else:
-            return _oauth_error("unsupported_grant_type", f"Unsupported grant: {grant}", headers)
+        pair = await _grant(resources, session, _single_values(form), _client(request))
     except sessions.InvalidGrant as refused:
-        sessions.log.info("token_refused", grant=grant, reason=refused.reason)
-        # Returned, not raised: a reused refresh token's family must stay ended (commit).
-        return _oauth_error("invalid_grant", "Invalid credentials or token", headers)
-    return JSONResponse(pair.model_dump(), headers={**NO_STORE, **headers})
+        sessions.log.info("token_refused", reason=refused.reason)
+        refusal = _Refused("invalid_grant", "Invalid credentials or token")
+    except _Refused as refused:
+        refusal = refused
+    else:
+        return JSONResponse(pair.model_dump(), headers=headers)
+    # Returned, not raised, so the transaction commits: a reused refresh token's family
+    # must stay ended.
+    return JSONResponse(
+        {"error": refusal.error, "error_description": refusal.description},
+        status_code=400,
+        headers=headers,
+    )
 
 
 @router.post("/logout", status_code=204)

@@ -10,8 +10,8 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keel.auth.sessions import Client, InvalidGrant, end_sessions, start_session
 from keel.auth.schemas import TokenPair
+from keel.auth.sessions import Client, InvalidGrant, end_sessions, start_session
 from keel.core.db import after_commit
 from keel.core.errors import (
     DEPENDENCY_DOWN_ERRORS,
@@ -22,7 +22,7 @@ from keel.core.errors import (
 )
 from keel.core.resources import Resources
 from keel.core.security.opaque import new_token, token_hash
-from keel.core.security.passwords import password_problem
+from keel.core.security.passwords import PasswordHasher, password_problem
 from keel.models import AuthSession, OneTimePurpose, OneTimeToken, Role, User
 from keel.models.base import utcnow
 
@@ -42,7 +42,7 @@ def check_password_policy(password: str, email: str, field: str = "password") ->
 
 
 async def create_user(
-    resources: Resources,
+    passwords: PasswordHasher,
     session: AsyncSession,
     *,
     email: str,
@@ -56,7 +56,7 @@ async def create_user(
     check_password_policy(password, email)
     user = User(
         email=email,
-        hashed_password=await resources.passwords.hash(password),
+        hashed_password=await passwords.hash(password),
         full_name=full_name,
         role=role,
         is_active=is_active,
@@ -82,7 +82,7 @@ async def register(
     if not resources.settings.auth.registration_open:
         raise Forbidden("Registration is closed")
     user = await create_user(
-        resources, session, email=email, password=password, full_name=full_name
+        resources.passwords, session, email=email, password=password, full_name=full_name
     )
     await send_verification(resources, session, user)
     return user
@@ -229,7 +229,7 @@ async def ensure_first_admin(resources: Resources) -> None:
         await _create_first_admin(resources, first.email, first.password.get_secret_value())
     except DEPENDENCY_DOWN_ERRORS as exc:
         # Not fatal: the next start tries again, and /ready reports the database.
-        log.error("first_admin_not_created", reason="database unavailable", error=repr(exc))
+        log.warning("first_admin_not_created", reason="database unavailable", error=repr(exc))
 
 
 async def _create_first_admin(resources: Resources, email: str, password: str) -> None:
@@ -239,7 +239,7 @@ async def _create_first_admin(resources: Resources, email: str, password: str) -
             return
         try:
             await create_user(
-                resources,
+                resources.passwords,
                 session,
                 email=email,
                 password=password,

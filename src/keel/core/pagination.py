@@ -225,26 +225,23 @@ async def paginate(
 ) -> Window[RowT]:
     """One page of `query` (one entity per row, already narrowed to what the caller may
     see), in `params.sort` order: one SELECT, and one COUNT when the total is asked for."""
-    sort = params.sort
+    sort, column = params.sort, params.sort.column
     base = query.order_by(None)
-    key = tuple_(sort.column, id_column)
     page = base
     if params.cursor is not None:
         value, row_id = codec.decode(params.cursor, sort.name, scope=sort.scope)
         # A row-value comparison: one index range scan on (column, id), on SQLite and
         # PostgreSQL alike; the literal tuple is bound with the columns' types.
+        key = tuple_(column, id_column)
         page = page.where(key < (value, row_id) if sort.descending else key > (value, row_id))
-    column, ids = (sort.column, id_column)
-    order = (column.desc(), ids.desc()) if sort.descending else (column.asc(), ids.asc())
+    if sort.descending:
+        page = page.order_by(column.desc(), id_column.desc())
+    else:
+        page = page.order_by(column.asc(), id_column.asc())
     # The key and id are selected beside the entity, so the cursor never depends on
     # how the entity names its attributes; one row more says whether a next page exists.
-    rows = (
-        await session.execute(
-            page.add_columns(column.label("keel_page_key"), ids.label("keel_page_id"))
-            .order_by(*order)
-            .limit(params.limit + 1)
-        )
-    ).all()
+    keyed = page.add_columns(column.label("keel_page_key"), id_column.label("keel_page_id"))
+    rows = (await session.execute(keyed.limit(params.limit + 1))).all()
     next_cursor = None
     if len(rows) > params.limit:
         last = rows[params.limit - 1]

@@ -18,8 +18,8 @@ from keel.auth.mailer import AccountMailer, LogOnlyMailer
 from keel.auth.revocation import InProcessRevocations, RedisRevocations, SessionRevocations
 from keel.config import Settings
 from keel.core.broker import Broker, InProcessBroker, RedisBroker
-from keel.core.db import create_engine, create_sessionmaker
 from keel.core.client_ip import ClientIpResolver
+from keel.core.db import create_engine, create_sessionmaker
 from keel.core.metrics import Metrics
 from keel.core.pagination import CursorCodec
 from keel.core.ratelimit import RateLimiter

@@ -46,7 +46,7 @@ class RefreshToken(UUIDPrimaryKey, Base):
 
 class OneTimePurpose(enum.StrEnum):
     VERIFY_EMAIL = "verify_email"
-    RESET_PASSWORD = "reset_password"
+    RESET_PASSWORD = "reset_password"  # noqa: S105 - a purpose, not a password
 
 
 class OneTimeToken(UUIDPrimaryKey, Base):

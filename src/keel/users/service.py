@@ -89,9 +89,7 @@ async def change_own_password(
     matches, _ = await resources.passwords.verify(current_password, user.hashed_password)
     if not matches:
         raise Forbidden("The current password is wrong")
-    await set_password(
-        resources, session, user, new_password, keep_session=principal.session_id
-    )
+    await set_password(resources, session, user, new_password, keep_session=principal.session_id)
 
 
 async def delete_user(resources: Resources, session: AsyncSession, user: User) -> None:
@@ -102,7 +100,7 @@ async def delete_user(resources: Resources, session: AsyncSession, user: User) -
     await session.execute(delete(User).where(User.id == user.id))
 
 
-def list_query(q: str | None, role: Role | None, is_active: bool | None) -> Select[tuple[User]]:
+def list_query(q: str | None, role: Role | None, is_active: bool | None) -> Select[User]:
     conditions: list[ColumnElement[bool]] = []
     if q:
         pattern = contains_pattern(q.lower())
@@ -121,7 +119,7 @@ def list_query(q: str | None, role: Role | None, is_active: bool | None) -> Sele
 
 async def create_by_admin(resources: Resources, session: AsyncSession, body: UserCreate) -> User:
     return await create_user(
-        resources,
+        resources.passwords,
         session,
         email=body.email,
         password=body.password,
@@ -136,7 +134,9 @@ async def update_by_admin(
     resources: Resources, session: AsyncSession, user: User, body: UserAdminUpdate
 ) -> User:
     changes = body.model_dump(exclude_unset=True)
-    demoted = "role" in changes and body.role != user.role
+    # An explicit `"role": null` changes nothing (like the other null fields below): it
+    # must neither trip the last-admin rule nor end the user's sessions.
+    demoted = body.role is not None and body.role != user.role
     deactivated = changes.get("is_active") is False and user.is_active
     if (demoted and user.role == Role.ADMIN) or deactivated:
         await _ensure_not_last_admin(session, user)

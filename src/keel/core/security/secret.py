@@ -9,7 +9,7 @@ from pathlib import Path
 
 from keel.config import Settings
 
-SECRET_FILE = "secret.key"
+SECRET_FILE = "secret.key"  # noqa: S105 - a file name
 
 
 def load_secret(settings: Settings) -> bytes:
