@@ -143,3 +143,40 @@ def test_serve_gives_several_workers_a_shared_metrics_folder(
     (folder,) = seen
     assert not Path(folder).exists()  # removed again when the server stops
     assert MULTIPROC_ENV not in os.environ
+
+
+def test_users_create_admin_from_an_environment_variable(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    monkeypatch.setenv("ADMIN_PW", "a long and uncommon passphrase")
+    created = runner.invoke(
+        app, ["users", "create", "Root@Example.com", "--admin", "--password-env", "ADMIN_PW"]
+    )
+    assert created.exit_code == 0, created.output
+    assert "Created admin root@example.com" in created.output
+    again = runner.invoke(
+        app, ["users", "create", "root@example.com", "--password-env", "ADMIN_PW"]
+    )
+    assert again.exit_code == 2
+    assert "already exists" in again.output
+
+
+def test_users_create_prompts_for_the_password_and_applies_the_policy(cli_env: Path) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    weak = runner.invoke(app, ["users", "create", "a@example.com"], input="password\npassword\n")
+    assert weak.exit_code == 2
+    assert "too common" in weak.output
+    good = runner.invoke(
+        app,
+        ["users", "create", "a@example.com"],
+        input="a long and uncommon passphrase\na long and uncommon passphrase\n",
+    )
+    assert good.exit_code == 0, good.output
+    assert "Created user a@example.com" in good.output
+
+
+def test_users_create_refuses_an_unset_password_variable(cli_env: Path) -> None:
+    result = runner.invoke(app, ["users", "create", "a@example.com", "--password-env", "NOPE_X"])
+    assert result.exit_code == 2
+    assert "NOPE_X" in result.output

@@ -182,6 +182,16 @@ async def test_another_key_under_our_kid_is_refused(
     assert refused(tokens, token) == "bad signature"
 
 
+async def test_a_signed_payload_that_is_not_json_is_refused(
+    tokens: AccessTokens, ring: KeyRing
+) -> None:
+    headers = {"kid": ring.signing_key.kid, "typ": "at+jwt"}
+    token = jwt.api_jws.PyJWS().encode(
+        b"not json", ring.signing_key.private_key, "ES256", headers=headers
+    )
+    assert refused(tokens, token) == "malformed"
+
+
 async def test_a_tampered_payload_is_refused(tokens: AccessTokens) -> None:
     header, payload, signature = tokens.issue(USER, SESSION, "user")[0].split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
@@ -210,6 +220,8 @@ async def test_an_unknown_kid_is_refused(
         ({"sub": "42"}, "sub or sid not a UUID"),
         ({"sid": "not-a-session"}, "sub or sid not a UUID"),
         ({"exp": "never"}, "bad time claim"),
+        ({"iat": True}, "bad time claim"),
+        ({"role": 7}, "bad claim"),
     ],
 )
 async def test_wrong_claims_are_refused(

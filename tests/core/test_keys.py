@@ -240,6 +240,28 @@ async def test_a_damaged_manifest_is_a_clear_error(dev_settings: Settings) -> No
         KeyRing.load(dev_settings)
 
 
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        ("retire", "no current key"),  # every key retired: nothing to sign with
+        ("kid", "kid mismatch"),  # the manifest and the file disagree
+    ],
+)
+async def test_an_inconsistent_manifest_is_a_clear_error(
+    dev_settings: Settings, spoil: str, reason: str
+) -> None:
+    KeyRing.load(dev_settings)
+    path = dev_settings.data_dir / "keys" / "manifest.json"
+    data = json.loads(path.read_text())
+    if spoil == "retire":
+        data["keys"][0]["retired_at"] = START.isoformat()
+    else:
+        data["keys"][0]["kid"] = "A" * 43
+    path.write_text(json.dumps(data))
+    with pytest.raises(SigningKeyError, match=reason):
+        KeyRing.load(dev_settings)
+
+
 async def test_production_never_generates_a_key(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
@@ -292,6 +314,14 @@ def test_keys_rotate_refuses_configured_keys(
     listed = runner.invoke(app, ["keys", "list"])
     assert listed.exit_code == 0, listed.output
     assert listed.output.strip() == f"{thumbprint(p256_of(key_file))}  configured  signing"
+
+
+def test_keys_list_names_a_bad_key_file(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = cli_env / "missing.pem"
+    monkeypatch.setenv("KEEL_AUTH_SIGNING_KEY_FILES", json.dumps([str(missing)]))
+    result = runner.invoke(app, ["keys", "list"])
+    assert result.exit_code == 2
+    assert f"error: signing key {missing}: cannot read" in result.output
 
 
 def p256_of(path: Path) -> ec.EllipticCurvePublicKey:

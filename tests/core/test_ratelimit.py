@@ -224,7 +224,7 @@ def test_storage_uri(url: str, uri: str) -> None:
 
 def test_rate_limiter_comes_from_the_app_resources() -> None:
     limiter = RateLimiter(MemoryStorage())
-    app = SimpleNamespace(state=SimpleNamespace(resources=SimpleNamespace(rate_limiter=limiter)))
+    app = SimpleNamespace(state=SimpleNamespace(resources=SimpleNamespace(limiter=limiter)))
     assert get_rate_limiter(cast("Request", SimpleNamespace(app=app))) is limiter
 
 
@@ -321,7 +321,8 @@ async def http_limiter(app: FastAPI) -> AsyncIterator[RateLimiter]:
 async def probe(
     app: FastAPI, client: httpx.AsyncClient, http_limiter: RateLimiter
 ) -> httpx.AsyncClient:
-    # What main.py and resources.py wire in for the real app.
+    # A limiter of the test's own (swappable for a broken one), and the middleware that
+    # main.py may add.
     app.dependency_overrides[get_rate_limiter] = lambda: http_limiter
     app.add_middleware(RateLimitHeadersMiddleware)
     app.include_router(router)
@@ -427,3 +428,12 @@ async def test_redis_down_answers_503_not_500(
     assert "127.0.0.1" not in response.text
     for name in RATE_HEADERS:
         assert name not in response.headers
+
+
+async def test_the_app_limiter_is_the_default(app: FastAPI, client: httpx.AsyncClient) -> None:
+    # No override: the limiter the lifespan opened (Resources.limiter) counts.
+    app.include_router(router)
+    for remaining in ("2", "1"):
+        response = await client.get("/probe/limits/register")
+        assert response.status_code == 200
+        assert response.headers["ratelimit-remaining"] == remaining

@@ -441,7 +441,7 @@ async def test_a_page_costs_the_same_statements_whatever_its_size(
     admin = await signed_in(app, client, Role.ADMIN)
     await make_users(app, 60, "budget")
 
-    costs = {}
+    costs: dict[int, int] = {}
     for limit in (5, 20, 50):
         count_queries.reset()
         page = await list_users(client, admin, limit=limit)

@@ -108,7 +108,7 @@ class RateLimiter:
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
         _validate(settings.limit)
-        if settings.redis.url is None:
+        if not settings.redis.url:
             return cls(MemoryStorage())
         storage = RedisStorage(
             _storage_uri(settings.redis.url),
@@ -228,7 +228,8 @@ def per_ip(name: str, limit: Callable[[LimitSettings], str]) -> RuleBuilder:
 
 
 def get_rate_limiter(request: Request) -> RateLimiter:
-    return cast("RateLimiter", request.app.state.resources.rate_limiter)
+    """The app's limiter (Resources.limiter); a dependency, so tests can override it."""
+    return cast("RateLimiter", request.app.state.resources.limiter)
 
 
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
