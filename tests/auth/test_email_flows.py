@@ -66,7 +66,7 @@ async def expire(app: FastAPI, token: str) -> None:
             .where(OneTimeToken.token_hash == token_hash(token))
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
-        assert result.rowcount == 1  # type: ignore[attr-defined]
+        assert result.rowcount == 1
         await session.commit()
 
 

@@ -143,7 +143,7 @@ async def expire_refresh_token(app: FastAPI, refresh_token: str) -> None:
             .where(RefreshToken.token_hash == token_hash(refresh_token))
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
-        assert result.rowcount == 1  # type: ignore[attr-defined]
+        assert result.rowcount == 1
         await session.commit()
 
 
@@ -521,6 +521,27 @@ async def test_ip_limit_refuses_every_account(
             limited, users[3].email, headers={"X-Forwarded-For": "203.0.113.9"}
         )
         assert other_ip.status_code == 200, other_ip.text
+
+
+async def test_ipv6_clients_share_the_budget_of_their_64(
+    client: httpx.AsyncClient, make_settings: SettingsFactory
+) -> None:
+    # One subscriber usually holds a whole /64: rotating through its addresses must not
+    # buy fresh budgets (keel.core.ratelimit.ip_key).
+    async with serving(make_settings(limit={"token_ip": "2/minute"})) as (app, _):
+        user = await make_user(app)
+
+        def from_address(address: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, client=(address, 40000))
+            return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+        for address in ("2001:db8::1", "2001:db8::2"):
+            async with from_address(address) as peer:
+                assert (await password_login(peer, user.email)).status_code == 200
+        async with from_address("2001:db8::ffff:3") as peer:
+            assert_rate_limited(await password_login(peer, user.email))
+        async with from_address("2001:db8:0:1::1") as peer:
+            assert (await password_login(peer, user.email)).status_code == 200
 
 
 # The hash upgrade.

@@ -9,7 +9,7 @@ import pytest
 import structlog
 
 from keel.core.logging import REDACTED, configure_logging, redact_mapping, redact_text
-from tests.conftest import SettingsFactory
+from keel.config import LogSettings, Settings
 
 
 @pytest.mark.parametrize(
@@ -50,10 +50,12 @@ def test_secret_keys_are_redacted_at_any_depth() -> None:
     assert redacted["email"] == "a@example.com"
 
 
-def test_json_lines_in_production_style(
-    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
-) -> None:
-    configure_logging(make_settings(log={"format": "json"}))
+def _settings(log_format: str) -> Settings:
+    return Settings(_env_file=None, env="test", log=LogSettings(format=log_format))  # type: ignore[arg-type]
+
+
+def test_json_lines_in_production_style(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(_settings("json"))
     structlog.get_logger("t").info("signed_in", user="u1", password="hunter2")
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["event"] == "signed_in"
@@ -63,10 +65,8 @@ def test_json_lines_in_production_style(
     assert line["timestamp"].endswith("Z")
 
 
-def test_readable_lines_in_development(
-    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
-) -> None:
-    configure_logging(make_settings(log={"format": "console"}))
+def test_readable_lines_in_development(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(_settings("console"))
     structlog.get_logger("t").warning("disk_low", token="abc")
     out = capsys.readouterr().out
     assert "disk_low" in out
@@ -75,10 +75,8 @@ def test_readable_lines_in_development(
         json.loads(out.strip().splitlines()[-1])
 
 
-def test_standard_library_records_share_the_format(
-    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
-) -> None:
-    configure_logging(make_settings(log={"format": "json"}))
+def test_standard_library_records_share_the_format(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(_settings("json"))
     structlog.contextvars.bind_contextvars(request_id="rid-1")
     try:
         logging.getLogger("uvicorn.error").warning("connecting to redis://:pw@cache:6379")

@@ -25,7 +25,7 @@ from keel.auth.schemas import (
 from keel.core.db import DbSession
 from keel.core.errors import AppError, NotFound
 from keel.core.pagination import Page, PageParams, page_params, paginate
-from keel.core.ratelimit import RateLimitDecision
+from keel.core.ratelimit import RateLimitDecision, ip_key
 from keel.core.resources import Resources
 from keel.core.routing import KeelRoute
 from keel.models import AuthSession
@@ -50,6 +50,11 @@ def _client(request: Request) -> sessions.Client:
     )
 
 
+def _ip_key(request: Request) -> str:
+    """The per-IP budget the client counts against: IPv6 by its /64 (see ip_key)."""
+    return ip_key(_resources(request).client_ip(request) or "unknown")
+
+
 async def _limit(
     request: Request, response: Response, *checks: tuple[str, str]
 ) -> RateLimitDecision:
@@ -65,9 +70,10 @@ async def register(
 ) -> Any:
     """Create an account and send its verification e-mail."""
     resources = _resources(request)
-    ip = resources.client_ip(request)
     decision = await _limit(
-        request, response, (resources.settings.limit.register_ip, f"register:ip:{ip}")
+        request,
+        response,
+        (resources.settings.limit.register_ip, f"register:ip:{_ip_key(request)}"),
     )
     try:
         return await service.register(
@@ -154,7 +160,7 @@ async def token(request: Request, session: DbSession) -> Response:
     form = await request.form() if content_type == "application/x-www-form-urlencoded" else None
 
     # The limits come first: while one is exceeded, even a correct password gets 429.
-    checks = [(limits.token_ip, f"token:ip:{resources.client_ip(request)}")]
+    checks = [(limits.token_ip, f"token:ip:{_ip_key(request)}")]
     usernames = form.getlist("username") if form is not None else []
     if len(usernames) == 1 and isinstance(usernames[0], str):
         checks.append((limits.token_account, f"token:account:{usernames[0].strip().lower()}"))
@@ -251,7 +257,7 @@ async def request_verification(
 ) -> dict[str, str]:
     """Send a new verification e-mail."""
     resources = _resources(request)
-    ip = resources.client_ip(request)
+    ip = _ip_key(request)
     await _limit(request, response, (resources.settings.limit.email_ip, f"email:ip:{ip}"))
     await service.send_verification(resources, session, user)
     return {"status": "accepted"}
@@ -263,7 +269,7 @@ async def forgot_password(
 ) -> dict[str, str]:
     """Send a password-reset e-mail if the account exists; the answer is the same if not."""
     resources = _resources(request)
-    ip = resources.client_ip(request)
+    ip = _ip_key(request)
     await _limit(request, response, (resources.settings.limit.email_ip, f"email:ip:{ip}"))
     background.add_task(service.forgot_password, resources, resources.sessionmaker, body.email)
     return {"status": "accepted"}
