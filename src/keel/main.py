@@ -29,6 +29,7 @@ from keel.core.middleware.health import HealthMiddleware
 from keel.core.middleware.observability import ObservabilityMiddleware
 from keel.core.middleware.security_headers import SecurityHeadersMiddleware
 from keel.core.middleware.unhandled import UnhandledErrorMiddleware
+from keel.core.ratelimit import RateLimitHeadersMiddleware
 from keel.core.resources import open_resources
 from keel.health.router import router as health_router
 from keel.users.router import router as users_router
@@ -93,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first: a request passes observability, security headers, the
     # /health fast path, CORS, compression, the body limit and the last-resort handler.
     app.add_middleware(UnhandledErrorMiddleware)
+    # Puts a rate-limited route's RateLimit-* headers on whatever answer it gets (422s too).
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.http.max_json_body_bytes)
     app.add_middleware(GZipWhenAccepted, minimum_size=settings.http.gzip_min_bytes, compresslevel=6)
     if settings.cors.origins:

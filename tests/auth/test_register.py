@@ -281,3 +281,9 @@ async def test_refusals_after_the_limit_carry_the_rate_headers(
     policy = await register(client, email=unique_email(), password="password123")
     assert_policy_refusal(policy)
     assert assert_rate_headers(policy)[:2] == (20, 18)
+
+
+async def test_malformed_body_carries_the_rate_headers(client: httpx.AsyncClient) -> None:
+    response = await register(client, email="not-an-email", password=DEFAULT_PASSWORD)
+    assert_error(response, 422, "VALIDATION_ERROR")
+    assert assert_rate_headers(response)[:2] == (20, 19)

@@ -14,7 +14,6 @@ from sqlalchemy import update
 
 from keel.models import AuthSession
 from keel.models.base import utcnow
-
 from tests.auth.test_token import (
     assert_invalid_token,
     assert_oauth_error,
@@ -310,13 +309,6 @@ async def test_token_of_a_recently_ended_session_is_refused_after_a_restart(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "revocation records live access_token_ttl_seconds, but tokens are accepted until "
-        "exp + LEEWAY_SECONDS (10 s): proposed fix in keel/core/resources.py"
-    ),
-)
 async def test_ended_session_stays_ended_through_the_expiry_leeway(
     app: FastAPI, client: httpx.AsyncClient, make_settings: SettingsFactory
 ) -> None:

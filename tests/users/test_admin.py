@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -809,6 +810,38 @@ async def test_the_last_active_admin_cannot_be_removed(
     assert (await login(client, admin.user.email)).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        pytest.param("PATCH", {"role": "user"}, id="demote"),
+        pytest.param("PATCH", {"is_active": False}, id="deactivate"),
+        pytest.param("DELETE", None, id="delete"),
+    ],
+)
+async def test_two_admins_removing_each_other_at_once_leave_one(
+    app: FastAPI, client: httpx.AsyncClient, method: str, body: dict[str, Any] | None
+) -> None:
+    first = await signed_in(app, client, Role.ADMIN)
+    second = await signed_in(app, client, Role.ADMIN)
+    responses: dict[str, httpx.Response] = {}
+
+    async def remove(who: SignedIn, whom: SignedIn) -> None:
+        # No assertion here: a failing task would cancel the other mid-transaction.
+        responses[who.user.email] = await client.request(
+            method, f"{USERS}/{whom.user.id}", json=body, headers=who.headers
+        )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(remove, first, second)
+        group.start_soon(remove, second, first)
+
+    statuses = sorted(response.status_code for response in responses.values())
+    assert statuses == [200 if method == "PATCH" else 204, 409], statuses
+    moderator = await signed_in(app, client, Role.MODERATOR)
+    admins = await list_users(client, moderator, role="admin", is_active="true")
+    assert len(admins["data"]) == 1
+
+
 async def test_with_two_admins_one_may_be_deactivated_or_deleted(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
@@ -833,8 +866,11 @@ async def test_with_two_admins_one_may_be_deactivated_or_deleted(
 
 async def test_an_admin_deletes_a_user(app: FastAPI, client: httpx.AsyncClient) -> None:
     admin = await signed_in(app, client, Role.ADMIN)
-    target = await signed_in(app, client)
+    # A moderator: GET /users does not load the caller's account, so a 401 there shows
+    # the session itself has ended.
+    target = await signed_in(app, client, Role.MODERATOR)
     bystander = await signed_in(app, client)
+    assert (await client.get(USERS, headers=target.headers)).status_code == 200
 
     response = await client.delete(f"{USERS}/{target.user.id}", headers=admin.headers)
 
@@ -844,6 +880,7 @@ async def test_an_admin_deletes_a_user(app: FastAPI, client: httpx.AsyncClient) 
         await client.get(f"{USERS}/{target.user.id}", headers=admin.headers), 404, "NOT_FOUND"
     )
     assert_invalid_token(await client.get(ME, headers=target.headers))
+    assert_invalid_token(await client.get(USERS, headers=target.headers))
     assert_invalid_grant(await refresh(client, target.refresh_token))
     assert_invalid_grant(await login(client, target.user.email))
     assert (await client.get(ME, headers=bystander.headers)).status_code == 200

@@ -211,6 +211,28 @@ async def test_last_used_at_is_set_on_first_use(app: FastAPI, client: httpx.Asyn
     assert (await list_keys(client, me))["data"][0]["last_used_at"] == used
 
 
+async def test_last_used_at_is_refreshed_after_a_minute(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    me = await signed_in(app, client)
+    created = await create_api_key(client, me)
+    long_ago = datetime.now(UTC) - timedelta(minutes=2)
+    resources: Resources = app.state.resources
+    async with resources.sessionmaker() as session:
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == uuid.UUID(created["id"]))
+            .values(last_used_at=long_ago)
+        )
+        await session.commit()
+    stale = (await list_keys(client, me))["data"][0]["last_used_at"]
+    assert near(stale, long_ago, timedelta(seconds=1))
+
+    assert (await client.get(ME, headers=bearer(created["key"]))).status_code == 200
+
+    assert near((await list_keys(client, me))["data"][0]["last_used_at"], datetime.now(UTC))
+
+
 async def test_a_failed_sign_in_does_not_touch_last_used_at(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
@@ -293,9 +315,11 @@ async def test_a_key_expiring_later_still_works(app: FastAPI, client: httpx.Asyn
 
 async def test_a_deactivated_owners_key_is_401(app: FastAPI, client: httpx.AsyncClient) -> None:
     admin = await signed_in(app, client, Role.ADMIN)
-    owner = await signed_in(app, client)
+    # A moderator, so that the key also reaches a route that does not load the user.
+    owner = await signed_in(app, client, Role.MODERATOR)
     key = (await create_api_key(client, owner))["key"]
     assert (await client.get(ME, headers=bearer(key))).status_code == 200
+    assert (await client.get(USERS, headers=bearer(key))).status_code == 200
 
     response = await client.patch(
         f"{USERS}/{owner.user.id}", json={"is_active": False}, headers=admin.headers
@@ -304,6 +328,7 @@ async def test_a_deactivated_owners_key_is_401(app: FastAPI, client: httpx.Async
 
     assert_invalid_token(await client.get(ME, headers=bearer(key)))
     assert_invalid_token(await client.get(ME, headers={"X-API-Key": key}))
+    assert_invalid_token(await client.get(USERS, headers=bearer(key)))
     # Reactivated, the key works again (it was never revoked).
     response = await client.patch(
         f"{USERS}/{owner.user.id}", json={"is_active": True}, headers=admin.headers
@@ -313,10 +338,11 @@ async def test_a_deactivated_owners_key_is_401(app: FastAPI, client: httpx.Async
 
 
 async def test_a_deleted_owners_key_is_401(app: FastAPI, client: httpx.AsyncClient) -> None:
-    owner = await signed_in(app, client)
+    owner = await signed_in(app, client, Role.MODERATOR)
     key = (await create_api_key(client, owner))["key"]
     assert (await client.delete(ME, headers=owner.headers)).status_code == 204
     assert_invalid_token(await client.get(ME, headers=bearer(key)))
+    assert_invalid_token(await client.get(USERS, headers=bearer(key)))
 
 
 # What a key may not do

@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -311,6 +312,26 @@ async def test_email_change_with_the_right_password(
     assert (await client.get(ME, headers=me.headers)).json()["is_verified"] is True
 
 
+async def test_a_token_sent_to_the_old_address_verifies_nothing(
+    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+) -> None:
+    me = await signed_in(app, client, is_verified=False)
+    requested = await client.post("/api/v1/auth/verify-email/request", headers=me.headers)
+    assert requested.status_code == 202, requested.text
+    old_token = mailbox.last("verification", me.user.email).token
+
+    changed = await client.patch(
+        ME,
+        json={"email": "fresh@example.com", "current_password": DEFAULT_PASSWORD},
+        headers=me.headers,
+    )
+    assert changed.status_code == 200, changed.text
+
+    stale = await client.post("/api/v1/auth/verify-email", json={"token": old_token})
+    assert_error(stale, 400, "BAD_REQUEST")
+    assert (await client.get(ME, headers=me.headers)).json()["is_verified"] is False
+
+
 async def test_email_change_to_a_taken_address_is_409(
     app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
 ) -> None:
@@ -330,6 +351,39 @@ async def test_email_change_to_a_taken_address_is_409(
     assert mailbox.sent == []
     stored_other = (await read_user_as_admin(app, client, other.id)).json()
     assert stored_other["email"] == "taken@example.com"
+
+
+@pytest.mark.parametrize("contenders", [2, 6])
+async def test_users_racing_for_one_address_get_one_200_and_409s(
+    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer, contenders: int
+) -> None:
+    racers = [await signed_in(app, client) for _ in range(contenders)]
+    responses: dict[str, httpx.Response] = {}
+
+    async def take(who: SignedIn) -> None:
+        # No assertion here: a failing task would cancel the others mid-transaction.
+        responses[who.user.email] = await client.patch(
+            ME,
+            json={"email": "contested@example.com", "current_password": DEFAULT_PASSWORD},
+            headers=who.headers,
+        )
+
+    # They pass the password check (hashing in threads) at about the same time, so
+    # several may find the address free: the unique index must still answer 409, not 500.
+    async with anyio.create_task_group() as group:
+        for who in racers:
+            group.start_soon(take, who)
+
+    statuses = {email: response.status_code for email, response in responses.items()}
+    assert sorted(statuses.values()) == [200] + [409] * (contenders - 1), statuses
+    for response in responses.values():
+        if response.status_code == 409:
+            assert_error(response, 409, "CONFLICT")
+    for who in racers:
+        email = (await client.get(ME, headers=who.headers)).json()["email"]
+        won = statuses[who.user.email] == 200
+        assert email == ("contested@example.com" if won else who.user.email)
+    assert [sent.to for sent in mailbox.sent] == ["contested@example.com"]
 
 
 async def test_email_change_with_an_api_key_is_403(
@@ -483,6 +537,8 @@ async def test_delete_me_removes_the_account_and_its_sessions(
     assert response.content == b""
     assert_invalid_token(await client.get(ME, headers=me.headers))
     assert_invalid_token(await client.get(ME, headers=other.headers))
+    # Also where the account is not loaded: the sessions themselves have ended.
+    assert_invalid_token(await client.get("/api/v1/api-keys", headers=other.headers))
     assert_invalid_grant(await refresh(client, other.refresh_token))
     assert_invalid_grant(await login(client, me.user.email))
     assert_error(await read_user_as_admin(app, client, me.user.id), 404, "NOT_FOUND")

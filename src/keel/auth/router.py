@@ -23,9 +23,9 @@ from keel.auth.schemas import (
     VerifyEmailRequest,
 )
 from keel.core.db import DbSession
-from keel.core.errors import AppError, NotFound
+from keel.core.errors import NotFound
 from keel.core.pagination import Page, PageParams, page_params, paginate
-from keel.core.ratelimit import RateLimitDecision, ip_key
+from keel.core.ratelimit import ip_key, per_ip, rate_limited
 from keel.core.resources import Resources
 from keel.core.routing import KeelRoute
 from keel.models import AuthSession
@@ -55,35 +55,22 @@ def _ip_key(request: Request) -> str:
     return ip_key(_resources(request).client_ip(request) or "unknown")
 
 
-async def _limit(
-    request: Request, response: Response, *checks: tuple[str, str]
-) -> RateLimitDecision:
-    decision: RateLimitDecision = await _resources(request).limiter.hit(*checks)
-    decision.raise_if_refused()
-    response.headers.update(decision.headers)
-    return decision
+# Counted per client IP before anything else runs, body validation included, so every
+# answer (a 422 too) is counted and carries the RateLimit-* headers.
+REGISTER_LIMIT = Depends(rate_limited(per_ip("register", lambda limits: limits.register_ip)))
+EMAIL_LIMIT = Depends(rate_limited(per_ip("email", lambda limits: limits.email_ip)))
 
 
-@router.post("/register", status_code=201, response_model=UserRead)
-async def register(
-    body: RegisterRequest, request: Request, response: Response, session: DbSession
-) -> Any:
+@router.post("/register", status_code=201, response_model=UserRead, dependencies=[REGISTER_LIMIT])
+async def register(body: RegisterRequest, request: Request, session: DbSession) -> Any:
     """Create an account and send its verification e-mail."""
-    resources = _resources(request)
-    decision = await _limit(
-        request,
-        response,
-        (resources.settings.limit.register_ip, f"register:ip:{_ip_key(request)}"),
+    return await service.register(
+        _resources(request),
+        session,
+        email=body.email,
+        password=body.password,
+        full_name=body.full_name,
     )
-    try:
-        return await service.register(
-            resources, session, email=body.email, password=body.password, full_name=body.full_name
-        )
-    except AppError as refused:
-        # The attempt counted, so its refusal (409, 403, 422) says so too: API.md sends
-        # the RateLimit-* headers on every response of a rate-limited endpoint.
-        refused.headers = {**decision.headers, **refused.headers}
-        raise
 
 
 TOKEN_FORM_SCHEMA = {
@@ -247,30 +234,21 @@ async def verify_email(body: VerifyEmailRequest, session: DbSession) -> None:
     await service.verify_email(session, body.token)
 
 
-@router.post("/verify-email/request", status_code=202)
+@router.post("/verify-email/request", status_code=202, dependencies=[EMAIL_LIMIT])
 async def request_verification(
-    _principal: PasswordLogin,
-    user: CurrentUser,
-    request: Request,
-    response: Response,
-    session: DbSession,
+    _principal: PasswordLogin, user: CurrentUser, request: Request, session: DbSession
 ) -> dict[str, str]:
     """Send a new verification e-mail."""
-    resources = _resources(request)
-    ip = _ip_key(request)
-    await _limit(request, response, (resources.settings.limit.email_ip, f"email:ip:{ip}"))
-    await service.send_verification(resources, session, user)
+    await service.send_verification(_resources(request), session, user)
     return {"status": "accepted"}
 
 
-@router.post("/forgot-password", status_code=202)
+@router.post("/forgot-password", status_code=202, dependencies=[EMAIL_LIMIT])
 async def forgot_password(
-    body: ForgotPasswordRequest, request: Request, response: Response, background: BackgroundTasks
+    body: ForgotPasswordRequest, request: Request, background: BackgroundTasks
 ) -> dict[str, str]:
     """Send a password-reset e-mail if the account exists; the answer is the same if not."""
     resources = _resources(request)
-    ip = _ip_key(request)
-    await _limit(request, response, (resources.settings.limit.email_ip, f"email:ip:{ip}"))
     background.add_task(service.forgot_password, resources, resources.sessionmaker, body.email)
     return {"status": "accepted"}
 

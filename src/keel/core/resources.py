@@ -23,7 +23,7 @@ from keel.core.db import create_engine, create_sessionmaker
 from keel.core.metrics import Metrics
 from keel.core.pagination import CursorCodec
 from keel.core.ratelimit import RateLimiter
-from keel.core.security.access_tokens import AccessTokens
+from keel.core.security.access_tokens import LEEWAY_SECONDS, AccessTokens
 from keel.core.security.keys import KeyRing
 from keel.core.security.passwords import PasswordHasher
 from keel.core.security.secret import load_secret
@@ -78,7 +78,9 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
         stack.push_async_callback(broker.close)
 
         sessionmaker = create_sessionmaker(engine)
-        access_ttl = settings.auth.access_token_ttl_seconds
+        # A revocation must outlive every token issued before it, verification's clock
+        # leeway included, or an ended session's token would work again for a moment.
+        access_ttl = settings.auth.access_token_ttl_seconds + LEEWAY_SECONDS + 5
         revocations: SessionRevocations = (
             RedisRevocations(redis, settings.redis.key_prefix, sessionmaker, access_ttl)
             if redis is not None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.deps import Principal
@@ -28,13 +29,17 @@ async def _ensure_not_last_admin(session: AsyncSession, user: User) -> None:
     """409 when `user` is the only active admin (the change would leave none)."""
     if user.role != Role.ADMIN or not user.is_active:
         return
-    # Lock the active admins' rows (PostgreSQL), so two admins demoting each other at
-    # once cannot both pass this check.
+    # Two admins demoting each other at once must not both pass this check. A no-op
+    # UPDATE (not SELECT ... FOR UPDATE, which SQLite ignores) takes the write locks
+    # first: the active admins' rows on PostgreSQL, the database on SQLite. The other
+    # request then waits for this one to commit and counts what it left.
     admins = (
         await session.execute(
-            select(User.id)
+            update(User)
             .where(User.role == Role.ADMIN, User.is_active.is_(True))
-            .with_for_update()
+            .values(updated_at=User.updated_at)
+            .returning(User.id)
+            .execution_options(synchronize_session=False)
         )
     ).all()
     if len(admins) <= 1:
@@ -52,6 +57,12 @@ async def _change_email(
         raise Conflict("An account with this e-mail already exists")
     user.email = email
     user.is_verified = False
+    try:
+        # The unique index decides races (two accounts taking one address at once): the
+        # loser gets 409, not a 500.
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict("An account with this e-mail already exists") from exc
     await send_verification(resources, session, user)
 
 
