@@ -8,8 +8,8 @@ import logging
 import pytest
 import structlog
 
-from keel.core.logging import REDACTED, configure_logging, redact_mapping, redact_text
 from keel.config import LogSettings, Settings
+from keel.core.logging import REDACTED, configure_logging, redact_mapping, redact_text
 
 
 @pytest.mark.parametrize(
