@@ -11,6 +11,7 @@ import httpx
 import pytest
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
+from tests.fixtures import databases
 from tests.support.servers import (
     STARTUP_SECONDS,
     clean_env,
@@ -143,6 +144,7 @@ async def test_login_rate_limit_holds_across_two_workers(
     # One budget for the account, whichever worker answered: exactly `limit` attempts
     # reached the password check, every later one was refused.
     assert sorted(statuses) == [400] * limit + [429] * (2 * limit), statuses
+    await databases.delete_keys(requires_redis, f"{redis_prefix}live:")
     # Both workers answered attempts: the budget was shared across processes.
     workers = {pid for counts in served.values() for pid, count in counts.items() if count}
     assert len(workers) == 2, served
