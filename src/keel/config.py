@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     public_base_url: str = "http://localhost:8000"
     # None: on in development, off in production.
     docs_enabled: bool | None = None
+    # FastAPI's native OpenTelemetry instrumentation (uses the global OTel providers).
+    otel_enabled: bool = False
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)

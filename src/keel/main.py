@@ -79,6 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=openapi_url,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's built-in OpenTelemetry checks its providers on every request; Keel
+        # measures itself with Prometheus, so it stays off unless asked for.
+        telemetry=None
+        if settings.otel_enabled
+        else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     if openapi_url:
