@@ -27,8 +27,8 @@ from tests.auth.test_token import (
     tokens_for,
 )
 from tests.conftest import SettingsFactory
-from tests.core.test_errors import assert_error
 from tests.factories.users import DEFAULT_PASSWORD, make_user, unique_email
+from tests.support.assertions import assert_error
 from tests.support.mailbox import RecordingMailer
 
 pytestmark = pytest.mark.anyio

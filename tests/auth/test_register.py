@@ -22,23 +22,13 @@ from tests.auth.test_token import (
     tokens_for,
 )
 from tests.conftest import SettingsFactory
-from tests.core.test_errors import assert_error
 from tests.factories.users import DEFAULT_PASSWORD, make_user, unique_email
+from tests.support.assertions import USER_FIELDS, assert_error
 from tests.support.mailbox import RecordingMailer
 
 pytestmark = pytest.mark.anyio
 
 REGISTER_URL = "/api/v1/auth/register"
-USER_FIELDS = {
-    "id",
-    "email",
-    "full_name",
-    "role",
-    "is_active",
-    "is_verified",
-    "created_at",
-    "updated_at",
-}
 
 
 async def register(client: httpx.AsyncClient, **body: Any) -> httpx.Response:

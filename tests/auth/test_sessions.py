@@ -26,8 +26,8 @@ from tests.auth.test_token import (
     unverified_claims,
 )
 from tests.conftest import SettingsFactory
-from tests.core.test_errors import assert_error
 from tests.factories.users import make_user
+from tests.support.assertions import assert_error
 
 pytestmark = pytest.mark.anyio
 

@@ -32,8 +32,8 @@ from keel.main import create_app
 from keel.models import RefreshToken, User
 from keel.models.base import utcnow
 from tests.conftest import SettingsFactory
-from tests.core.test_errors import assert_error
 from tests.factories.users import DEFAULT_PASSWORD, make_user, unique_email
+from tests.support.assertions import assert_error
 
 pytestmark = pytest.mark.anyio
 

@@ -14,20 +14,9 @@ from keel.core.errors import NotFound
 from keel.main import create_app
 from tests.conftest import SettingsFactory
 from tests.support import probe_routes
+from tests.support.assertions import assert_error
 
 pytestmark = pytest.mark.anyio
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    assert error["request_id"] == response.headers["x-request-id"]
-    assert isinstance(error["details"], list)
-    return dict(error)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from keel.core.errors import BadRequest
 from keel.core.pagination import CursorCodec, page_params
 from tests.fixtures.queries import StatementCounter
 from tests.support import paging_routes
+from tests.support.assertions import assert_error
 from tests.support.paging_routes import OtherRow, PagingRow, ScratchBase
 
 pytestmark = pytest.mark.anyio
@@ -71,16 +72,6 @@ def parsed(item: dict[str, Any]) -> Row:
         "id": uuid.UUID(item["id"]),
         "created_at": datetime.fromisoformat(item["created_at"]),
     }
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["message"]
-    assert error["request_id"] == response.headers["x-request-id"]
-    assert isinstance(error["details"], list)
-    return dict(error)
 
 
 @pytest.fixture

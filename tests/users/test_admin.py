@@ -13,11 +13,10 @@ from fastapi import FastAPI
 from keel.models import Role
 from tests.factories.users import SignedIn, login, make_user, signed_in
 from tests.fixtures.queries import StatementCounter
+from tests.support.assertions import USER_FIELDS, assert_error
 from tests.users.test_me import (
     ME,
-    USER_FIELDS,
     USERS,
-    assert_error,
     assert_invalid_grant,
     assert_invalid_token,
     claims,

@@ -15,12 +15,12 @@ from sqlalchemy import update
 from keel.core.resources import Resources
 from keel.models import ApiKey, Role
 from tests.factories.users import DEFAULT_PASSWORD, SignedIn, login, signed_in
+from tests.support.assertions import assert_error
 from tests.support.mailbox import RecordingMailer
 from tests.users.test_me import (
     ME,
     NEW_PASSWORD,
     USERS,
-    assert_error,
     assert_invalid_token,
     bearer,
     claims,

@@ -17,36 +17,14 @@ from fastapi import FastAPI
 
 from keel.models import Role
 from tests.factories.users import DEFAULT_PASSWORD, SignedIn, login, make_user, signed_in
+from tests.support.assertions import USER_FIELDS, assert_error
 from tests.support.mailbox import RecordingMailer
 
 pytestmark = pytest.mark.anyio
 
 ME = "/api/v1/users/me"
 USERS = "/api/v1/users"
-USER_FIELDS = {
-    "id",
-    "email",
-    "full_name",
-    "role",
-    "is_active",
-    "is_verified",
-    "created_at",
-    "updated_at",
-}
 NEW_PASSWORD = "a brand new passphrase 42"
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """`response` is API.md's error shape with this status and code."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    assert error["request_id"] == response.headers["x-request-id"]
-    assert isinstance(error["details"], list)
-    return dict(error)
 
 
 def assert_invalid_grant(response: httpx.Response) -> None:
