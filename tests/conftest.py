@@ -26,6 +26,7 @@ from keel.main import create_app
 from keel.models import Base
 from tests.fixtures import databases
 from tests.fixtures.queries import StatementCounter, counting_statements
+from tests.support.apps import client_for
 from tests.support.mailbox import RecordingMailer
 
 # The suite decides its own settings: a developer's KEEL_* variables must not leak in.
@@ -133,12 +134,7 @@ def app(settings: Settings, migrated_database: str) -> FastAPI:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-        ) as http,
-    ):
+    async with client_for(app) as http:
         yield http
         await _empty_tables(app)
     await _forget_redis_keys(app)

@@ -33,6 +33,7 @@ from keel.models import RefreshToken, User
 from keel.models.base import utcnow
 from tests.conftest import SettingsFactory
 from tests.factories.users import DEFAULT_PASSWORD, make_user, unique_email
+from tests.support.apps import client_for
 from tests.support.assertions import assert_error
 
 pytestmark = pytest.mark.anyio
@@ -51,12 +52,7 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
     """A second app with its own settings, on the test database (the `client` fixture,
     which such tests also request, empties the tables afterwards)."""
     app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-        ) as client,
-    ):
+    async with client_for(app) as client:
         yield app, client
 
 

@@ -14,6 +14,7 @@ from keel.core.errors import NotFound
 from keel.main import create_app
 from tests.conftest import SettingsFactory
 from tests.support import probe_routes
+from tests.support.apps import client_for
 from tests.support.assertions import assert_error
 
 pytestmark = pytest.mark.anyio
@@ -138,11 +139,7 @@ async def test_unexpected_exception_is_500_without_internals(
     app: FastAPI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app.include_router(probe_routes.router)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
-    ):
+    async with client_for(app, raise_app_exceptions=False) as client:
         response = await client.get("/probe/crash", headers={"X-Request-ID": "crash-1"})
     error = assert_error(response, 500, "INTERNAL_ERROR")
     assert error["request_id"] == "crash-1"
@@ -164,12 +161,7 @@ async def test_database_down_is_503_with_retry_after(
     )
     app = create_app(make_settings(database={"url": unreachable, "pool_timeout": 1}))
     app.include_router(probe_routes.router)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-        ) as client,
-    ):
+    async with client_for(app) as client:
         response = await client.get("/probe/two-statements")
     assert_error(response, 503, "SERVICE_UNAVAILABLE")
     assert response.headers["retry-after"].isdigit()

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from keel.main import create_app
 from tests.conftest import SettingsFactory
+from tests.support.apps import client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -58,12 +59,7 @@ async def test_security_headers_on_errors_too(client: httpx.AsyncClient) -> None
 
 
 async def test_hsts_only_over_https(app: FastAPI) -> None:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="https://testserver"
-        ) as client,
-    ):
+    async with client_for(app, base_url="https://testserver") as client:
         headers = (await client.get("/health")).headers
     assert headers["strict-transport-security"].startswith("max-age=31536000")
 
@@ -85,12 +81,7 @@ async def cors_client(
     make_settings: SettingsFactory, migrated_database: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(make_settings(cors={"origins": ["https://app.example"]}))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-        ) as client,
-    ):
+    async with client_for(app) as client:
         yield client
 
 
@@ -186,12 +177,7 @@ async def test_health_access_lines_can_be_turned_on(
     make_settings: SettingsFactory, migrated_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app = create_app(make_settings(log={"access_skip_paths": []}))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-        ) as client,
-    ):
+    async with client_for(app) as client:
         capsys.readouterr()
         await client.get("/health")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]

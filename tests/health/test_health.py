@@ -17,19 +17,14 @@ from keel.config import Settings
 from keel.core import migrations
 from keel.main import create_app
 from tests.conftest import SettingsFactory
+from tests.support.apps import client_for
 
 pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-        ) as client,
-    ):
+    async with client_for(create_app(settings)) as client:
         yield client
 
 
