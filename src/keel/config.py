@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -96,6 +96,22 @@ class LimitSettings(BaseModel):
     email_ip: str = "5/hour"
 
 
+class MailSettings(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    # "console": to the log and an .eml file in the data folder's mail/ (development).
+    backend: Literal["console", "smtp"] = "console"
+    # KEEL_MAIL_FROM (`from` is a Python keyword, so the field has another name).
+    sender: str = Field(default="Keel <no-reply@localhost>", alias="from")
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    # "starttls": upgrade a plain connection (port 587); "tls": implicit TLS (port 465).
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout: float = Field(default=10.0, gt=0)
+
+
 class FirstAdminSettings(BaseModel):
     # When both are set and no admin exists, one is created at start.
     email: str | None = None
@@ -130,6 +146,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limit: LimitSettings = Field(default_factory=LimitSettings)
     first_admin: FirstAdminSettings = Field(default_factory=FirstAdminSettings)
+    mail: MailSettings = Field(default_factory=MailSettings)
     # Signs cursors and other server-made values. None: generated into the data folder.
     secret_key: SecretStr | None = None
 

@@ -14,12 +14,13 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from keel.auth.mailer import AccountMailer, LogOnlyMailer
+from keel.auth.mailer import AccountMailer, TemplatedMailer
 from keel.auth.revocation import InProcessRevocations, RedisRevocations, SessionRevocations
 from keel.config import Settings
 from keel.core.broker import Broker, InProcessBroker, RedisBroker
 from keel.core.client_ip import ClientIpResolver
 from keel.core.db import create_engine, create_sessionmaker
+from keel.core.mail import create_backend
 from keel.core.metrics import Metrics
 from keel.core.pagination import CursorCodec
 from keel.core.ratelimit import RateLimiter
@@ -94,6 +95,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
             "resources_opened",
             database=engine.url.render_as_string(hide_password=True),
             redis="on" if redis else "off",
+            mail=settings.mail.backend,
         )
         yield Resources(
             settings=settings,
@@ -109,6 +111,6 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
             limiter=limiter,
             cursors=CursorCodec(load_secret(settings)),
             client_ip=ClientIpResolver(settings.server.trusted_proxies),
-            mailer=LogOnlyMailer(),
+            mailer=TemplatedMailer(create_backend(settings), settings),
         )
     log.info("resources_closed")
