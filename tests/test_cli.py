@@ -12,7 +12,6 @@ from sqlalchemy import Column, Integer, Table
 from typer.testing import CliRunner
 
 from keel.cli import app
-from keel.config import Settings
 from keel.core import migrations
 from keel.core.metrics import MULTIPROC_ENV
 from keel.models import Base
@@ -38,7 +37,7 @@ def test_db_commands_walk_the_migration_history(cli_env: Path) -> None:
     assert upgraded.exit_code == 0, upgraded.output
     assert (cli_env / "keel.db").exists()
     after = runner.invoke(app, ["db", "current"])
-    head = migrations.head_revision(Settings(_env_file=None))
+    head = migrations.head_revision()
     assert f"current: {head}" in after.output
     assert "up to date" in after.output
 
@@ -119,7 +118,7 @@ def test_serve_migrates_the_embedded_database_then_runs_uvicorn(
     monkeypatch.setenv("KEEL_SERVER_GRACEFUL_TIMEOUT", "7")
     result = runner.invoke(app, ["serve", "--port", "8123"])
     assert result.exit_code == 0, result.output
-    assert f"at revision {migrations.head_revision(Settings(_env_file=None))}" in result.output
+    assert f"at revision {migrations.head_revision()}" in result.output
     (call,) = calls
     assert call["target"] == "keel.main:app_factory"
     assert call["factory"] is True

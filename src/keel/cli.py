@@ -196,7 +196,7 @@ def current() -> None:
 
     settings = _load_settings()
     revision = _with_engine(settings, migrations.current_revision)
-    head = migrations.head_revision(settings)
+    head = migrations.head_revision()
     state = "up to date" if revision == head else "behind: run `keel db upgrade`"
     typer.echo(f"current: {revision or '(none)'}  head: {head}  ({state})")
 

@@ -14,7 +14,7 @@ from keel.auth.deps import PasswordLogin
 from keel.core.db import DbSession
 from keel.core.errors import NotFound
 from keel.core.pagination import Page, PageParams, page_params, paginate
-from keel.core.resources import Resources
+from keel.core.resources import resources_of
 from keel.core.routing import KeelRoute
 from keel.core.security.opaque import new_token, token_hash
 from keel.models import ApiKey
@@ -27,17 +27,12 @@ KeyPage = Annotated[PageParams, Depends(page_params({"created_at": ApiKey.create
 VISIBLE_CHARS = 8
 
 
-def _resources(request: Request) -> Resources:
-    resources: Resources = request.app.state.resources
-    return resources
-
-
 @router.post("", status_code=201, response_model=ApiKeyCreated)
 async def create_key(
     body: ApiKeyCreate, principal: PasswordLogin, request: Request, session: DbSession
 ) -> Any:
     """Create an API key; the key itself is in this answer and nowhere else."""
-    prefix = _resources(request).settings.auth.api_key_prefix
+    prefix = resources_of(request).settings.auth.api_key_prefix
     key = new_token(prefix)
     expires_at = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     api_key = ApiKey(
@@ -61,7 +56,7 @@ async def list_keys(
     """The caller's API keys (without the keys themselves)."""
     query = select(ApiKey).where(ApiKey.user_id == principal.user_id)
     window = await paginate(
-        session, query, params, id_column=ApiKey.id, codec=_resources(request).cursors
+        session, query, params, id_column=ApiKey.id, codec=resources_of(request).cursors
     )
     return Page[ApiKeyRead].of(window)
 

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from keel.auth.permissions import Permission, role_allows
 from keel.core.db import DbSession
 from keel.core.errors import Forbidden, Unauthorized
-from keel.core.resources import Resources
+from keel.core.resources import resources_of
 from keel.core.security.access_tokens import InvalidAccessToken
 from keel.core.security.opaque import token_hash
 from keel.models import ApiKey, Role, User
@@ -89,7 +89,7 @@ async def authenticate(
     credential = _credential(request)
     if credential is None:
         raise _unauthorized("Not authenticated", credential_sent=False)
-    resources: Resources = request.app.state.resources
+    resources = resources_of(request)
     if credential.startswith(resources.settings.auth.api_key_prefix):
         return await _from_api_key(credential, session)
     try:

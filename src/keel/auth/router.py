@@ -22,11 +22,12 @@ from keel.auth.schemas import (
     TokenPair,
     VerifyEmailRequest,
 )
+from keel.core.client_ip import request_client_ip
 from keel.core.db import DbSession
 from keel.core.errors import NotFound
 from keel.core.pagination import Page, PageParams, page_params, paginate
 from keel.core.ratelimit import ip_key, per_ip, rate_limited
-from keel.core.resources import Resources
+from keel.core.resources import Resources, resources_of
 from keel.core.routing import KeelRoute
 from keel.models import AuthSession
 from keel.users.schemas import UserRead
@@ -38,21 +39,16 @@ SESSION_SORTS = {"created_at": AuthSession.created_at, "last_used_at": AuthSessi
 SessionPage = Annotated[PageParams, Depends(page_params(SESSION_SORTS))]
 
 
-def _resources(request: Request) -> Resources:
-    resources: Resources = request.app.state.resources
-    return resources
-
-
 def _client(request: Request) -> sessions.Client:
     return sessions.Client(
-        ip=_resources(request).client_ip(request),
+        ip=request_client_ip(request),
         user_agent=request.headers.get("user-agent"),
     )
 
 
 def _ip_key(request: Request) -> str:
     """The per-IP budget the client counts against: IPv6 by its /64 (see ip_key)."""
-    return ip_key(_resources(request).client_ip(request) or "unknown")
+    return ip_key(request_client_ip(request) or "unknown")
 
 
 # Counted per client IP before anything else runs, body validation included, so every
@@ -65,7 +61,7 @@ EMAIL_LIMIT = Depends(rate_limited(per_ip("email", lambda limits: limits.email_i
 async def register(body: RegisterRequest, request: Request, session: DbSession) -> Any:
     """Create an account and send its verification e-mail."""
     return await service.register(
-        _resources(request),
+        resources_of(request),
         session,
         email=body.email,
         password=body.password,
@@ -141,7 +137,7 @@ async def _grant(
 )
 async def token(request: Request, session: DbSession) -> Response:
     """OAuth 2.0 token endpoint: the password and refresh_token grants (RFC 6749)."""
-    resources = _resources(request)
+    resources = resources_of(request)
     limits = resources.settings.limit
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     form = await request.form() if content_type == "application/x-www-form-urlencoded" else None
@@ -176,14 +172,14 @@ async def token(request: Request, session: DbSession) -> Response:
 @router.post("/logout", status_code=204)
 async def logout(body: LogoutRequest, request: Request, session: DbSession) -> None:
     """End the session of a refresh token (no credentials needed; unknown tokens too)."""
-    await sessions.end_by_refresh_token(_resources(request), session, body.refresh_token)
+    await sessions.end_by_refresh_token(resources_of(request), session, body.refresh_token)
 
 
 @router.post("/logout-all", status_code=204)
 async def logout_all(principal: PasswordLogin, request: Request, session: DbSession) -> None:
     """End every session of the caller; their access tokens stop working at once."""
     await sessions.end_sessions(
-        _resources(request), session, AuthSession.user_id == principal.user_id, "logout_all"
+        resources_of(request), session, AuthSession.user_id == principal.user_id, "logout_all"
     )
 
 
@@ -194,7 +190,7 @@ async def list_sessions(
     """The caller's live sessions."""
     query = select(AuthSession).where(sessions.live_sessions_of(principal.user_id))
     page = await paginate(
-        session, query, params, id_column=AuthSession.id, codec=_resources(request).cursors
+        session, query, params, id_column=AuthSession.id, codec=resources_of(request).cursors
     )
     return Page[SessionRead](
         data=[
@@ -219,7 +215,7 @@ async def end_session(
 ) -> None:
     """End one of the caller's sessions (the current one included)."""
     ended = await sessions.end_sessions(
-        _resources(request),
+        resources_of(request),
         session,
         sessions.live_sessions_of(principal.user_id) & (AuthSession.id == session_id),
         "ended_by_user",
@@ -239,7 +235,7 @@ async def request_verification(
     _principal: PasswordLogin, user: CurrentUser, request: Request, session: DbSession
 ) -> dict[str, str]:
     """Send a new verification e-mail."""
-    await service.send_verification(_resources(request), session, user)
+    await service.send_verification(resources_of(request), session, user)
     return {"status": "accepted"}
 
 
@@ -248,7 +244,7 @@ async def forgot_password(
     body: ForgotPasswordRequest, request: Request, background: BackgroundTasks
 ) -> dict[str, str]:
     """Send a password-reset e-mail if the account exists; the answer is the same if not."""
-    resources = _resources(request)
+    resources = resources_of(request)
     background.add_task(service.forgot_password, resources, resources.sessionmaker, body.email)
     return {"status": "accepted"}
 
@@ -256,7 +252,7 @@ async def forgot_password(
 @router.post("/reset-password", status_code=204)
 async def reset_password(body: ResetPasswordRequest, request: Request, session: DbSession) -> None:
     """Set a new password with a reset token; every session of the account ends."""
-    await service.reset_password(_resources(request), session, body.token, body.new_password)
+    await service.reset_password(resources_of(request), session, body.token, body.new_password)
 
 
 # Mounted at the root: /.well-known/jwks.json.
@@ -266,4 +262,4 @@ jwks_router = APIRouter(tags=["auth"], route_class=KeelRoute)
 @jwks_router.get("/.well-known/jwks.json")
 async def jwks(request: Request) -> dict[str, Any]:
     """The public keys that verify access tokens (every key whose tokens may be alive)."""
-    return _resources(request).keys.jwks()
+    return resources_of(request).keys.jwks()

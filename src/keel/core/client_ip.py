@@ -8,9 +8,8 @@ Everything left of that hop was written by the client and is ignored.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -98,22 +97,8 @@ def _forwarded_for(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
     return hops
 
 
-@functools.lru_cache(maxsize=16)
-def _resolver(trusted_proxies: tuple[str, ...]) -> ClientIpResolver:
-    return ClientIpResolver(trusted_proxies)
-
-
-def resolver_for(trusted_proxies: Sequence[str]) -> ClientIpResolver:
-    """The resolver for these settings, built once and then reused."""
-    return _resolver(tuple(trusted_proxies))
-
-
-def client_ip(
-    scope_or_request: HTTPConnection | Mapping[str, Any], trusted_proxies: Sequence[str]
-) -> str | None:
-    return resolver_for(trusted_proxies)(scope_or_request)
-
-
 def request_client_ip(connection: HTTPConnection) -> str | None:
-    """The client IP of a request or WebSocket, with the app's trusted proxies."""
-    return resolver_for(connection.app.state.settings.server.trusted_proxies)(connection)
+    """The client IP of a request or WebSocket, by the app's one resolver (its trusted
+    proxies parsed once at start-up)."""
+    resolver: ClientIpResolver = connection.app.state.resources.client_ip
+    return resolver(connection)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,14 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
-def head_revision(settings: Settings) -> str | None:
-    return ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+def head_revision() -> str | None:
+    """The newest revision of the migration scripts (read once: /ready asks often)."""
+    return _head_of(str(migrations_dir()))
+
+
+@functools.cache
+def _head_of(script_location: str) -> str | None:
+    return ScriptDirectory(script_location).get_current_head()
 
 
 def _current_revision(connection: Connection) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
 
 from keel.auth.mailer import AccountMailer, TemplatedMailer
 from keel.auth.revocation import InProcessRevocations, RedisRevocations, SessionRevocations
@@ -48,6 +49,12 @@ class Resources:
     cursors: CursorCodec
     client_ip: ClientIpResolver
     mailer: AccountMailer
+
+
+def resources_of(connection: HTTPConnection) -> Resources:
+    """The running app's resources, as its lifespan opened them."""
+    resources: Resources = connection.app.state.resources
+    return resources
 
 
 def create_redis(url: str) -> Redis:

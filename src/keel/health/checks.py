@@ -42,7 +42,7 @@ async def _redis(resources: Resources) -> CheckResult:
 
 async def _migrations(resources: Resources) -> CheckResult:
     current = await migrations.current_revision(resources.engine)
-    head = migrations.head_revision(resources.settings)
+    head = migrations.head_revision()
     if current != head:
         log.warning("migrations_behind", current=current, head=head)
         return "behind"

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from keel.core.errors import Unauthorized
-from keel.core.resources import Resources
+from keel.core.resources import resources_of
 from keel.core.routing import KeelRoute
 from keel.health.checks import CheckResult, run_checks
 
@@ -42,7 +42,7 @@ async def health() -> Response:
 )
 async def ready(request: Request) -> JSONResponse:
     """Readiness: database, Redis and migrations, each named in the answer."""
-    resources: Resources = request.app.state.resources
+    resources = resources_of(request)
     checks = await run_checks(resources)
     healthy = all(result in ("ok", "disabled") for result in checks.values())
     body = Readiness(status="ok" if healthy else "unavailable", checks=checks)
@@ -58,7 +58,7 @@ async def metrics(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Response:
     """Prometheus metrics, summed across this host's worker processes."""
-    resources: Resources = request.app.state.resources
+    resources = resources_of(request)
     token = resources.settings.metrics.token
     if token is not None:
         expected = f"Bearer {token.get_secret_value()}".encode()

@@ -11,7 +11,7 @@ from keel.auth.deps import CurrentPrincipal, CurrentUser, PasswordLogin, require
 from keel.auth.permissions import Permission
 from keel.core.db import DbSession
 from keel.core.pagination import Page, PageParams, page_params, paginate
-from keel.core.resources import Resources
+from keel.core.resources import resources_of
 from keel.core.routing import KeelRoute
 from keel.models import Role, User
 from keel.users import service
@@ -32,11 +32,6 @@ Reader = Annotated[CurrentPrincipal, Depends(require(Permission.USERS_READ))]
 Manager = Annotated[CurrentPrincipal, Depends(require(Permission.USERS_MANAGE))]
 
 
-def _resources(request: Request) -> Resources:
-    resources: Resources = request.app.state.resources
-    return resources
-
-
 @router.get("/me", response_model=UserRead)
 async def read_me(user: CurrentUser) -> Any:
     """The caller's account."""
@@ -52,7 +47,7 @@ async def update_me(
     session: DbSession,
 ) -> Any:
     """Change the caller's name or e-mail (the e-mail needs the current password)."""
-    return await service.update_self(_resources(request), session, principal, user, body)
+    return await service.update_self(resources_of(request), session, principal, user, body)
 
 
 @router.post("/me/password", status_code=204)
@@ -65,7 +60,7 @@ async def change_password(
 ) -> None:
     """Change the caller's password; their other sessions end."""
     await service.change_own_password(
-        _resources(request), session, principal, user, body.current_password, body.new_password
+        resources_of(request), session, principal, user, body.current_password, body.new_password
     )
 
 
@@ -74,7 +69,7 @@ async def delete_me(
     _principal: PasswordLogin, user: CurrentUser, request: Request, session: DbSession
 ) -> None:
     """Delete the caller's account with everything it owns."""
-    await service.delete_user(_resources(request), session, user)
+    await service.delete_user(resources_of(request), session, user)
 
 
 @router.get("", response_model=Page[UserRead])
@@ -93,7 +88,7 @@ async def list_users(
         service.list_query(q, role, is_active),
         params,
         id_column=User.id,
-        codec=_resources(request).cursors,
+        codec=resources_of(request).cursors,
     )
     return Page[UserRead].of(window)
 
@@ -103,7 +98,7 @@ async def create_user(
     body: UserCreate, _manager: Manager, request: Request, session: DbSession
 ) -> Any:
     """Create a user (admins)."""
-    return await service.create_by_admin(_resources(request), session, body)
+    return await service.create_by_admin(resources_of(request), session, body)
 
 
 @router.get("/{user_id}", response_model=UserRead)
@@ -122,7 +117,7 @@ async def update_user(
 ) -> Any:
     """Change any user (admins); deactivation ends the user's sessions at once."""
     user = await service.get_user(session, user_id)
-    return await service.update_by_admin(_resources(request), session, user, body)
+    return await service.update_by_admin(resources_of(request), session, user, body)
 
 
 @router.delete("/{user_id}", status_code=204)
@@ -131,4 +126,4 @@ async def delete_user(
 ) -> None:
     """Delete any user (admins)."""
     user = await service.get_user(session, user_id)
-    await service.delete_user(_resources(request), session, user)
+    await service.delete_user(resources_of(request), session, user)
