@@ -20,6 +20,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from keel.config import Settings
+from keel.core.request_context import current_request_id
 
 REDACTED = "[REDACTED]"
 
@@ -93,6 +94,14 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return event_dict
 
 
+def add_request_id(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """The id of the request being served, on every line written while serving it."""
+    request_id = current_request_id()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    return event_dict
+
+
 def drop_color_message(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     # Uvicorn adds a copy of each message with terminal colour codes in it.
     event_dict.pop("color_message", None)
@@ -106,6 +115,7 @@ def _orjson_dumps(value: Any, **_kwargs: Any) -> str:
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

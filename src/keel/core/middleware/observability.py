@@ -53,7 +53,6 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         request_id = accept_or_make_request_id(_header(scope, b"x-request-id"))
         set_request_id(request_id)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
         request_id_header = (b"x-request-id", request_id.encode("ascii"))
         status_code = 500
         response_bytes = 0
@@ -91,5 +90,4 @@ class ObservabilityMiddleware:
                     bytes=response_bytes,
                     client=scope["client"][0] if scope.get("client") else None,
                 )
-            structlog.contextvars.unbind_contextvars("request_id")
             set_request_id(None)
