@@ -165,3 +165,12 @@ def mailbox(app: FastAPI, client: httpx.AsyncClient) -> RecordingMailer:
     mailer = RecordingMailer()
     app.state.resources.mailer = mailer
     return mailer
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """For `keel` commands: a fresh data folder (and embedded database), named through
+    the environment, and a working directory without a stray .env."""
+    monkeypatch.setenv("KEEL_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

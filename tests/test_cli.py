@@ -19,14 +19,6 @@ from keel.models import Base
 runner = CliRunner()
 
 
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh embedded database for each test, named through the environment."""
-    monkeypatch.setenv("KEEL_DATA_DIR", str(tmp_path))
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    return tmp_path
-
-
 def test_db_commands_walk_the_migration_history(cli_env: Path) -> None:
     before = runner.invoke(app, ["db", "current"])
     assert before.exit_code == 0, before.output

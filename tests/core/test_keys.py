@@ -271,13 +271,6 @@ async def test_production_never_generates_a_key(
     assert not (tmp_path / "keys").exists()
 
 
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KEEL_DATA_DIR", str(tmp_path))
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    return tmp_path
-
-
 def test_keys_list_and_rotate_commands(cli_env: Path) -> None:
     empty = runner.invoke(app, ["keys", "list"])
     assert empty.exit_code == 0, empty.output
