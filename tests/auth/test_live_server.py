@@ -130,21 +130,31 @@ async def test_login_rate_limit_holds_across_two_workers(
                 )
                 statuses.append(response.status_code)
 
-            async with anyio.create_task_group() as group:
-                for _ in range(3 * limit):
-                    group.start_soon(attempt)
-        served = {
-            status: request_counts_by_worker(
-                metrics_dir,
-                tmp_path / f"per-worker-{status}",
-                {"method": "POST", "route": "/api/v1/auth/token", "status": status},
-            )
-            for status in ("400", "429")
-        }
+            def served() -> dict[str, dict[int, float]]:
+                return {
+                    status: request_counts_by_worker(
+                        metrics_dir,
+                        tmp_path / f"per-worker-{status}",
+                        {"method": "POST", "route": "/api/v1/auth/token", "status": status},
+                    )
+                    for status in ("400", "429")
+                }
+
+            def workers_that_answered() -> set[int]:
+                return {pid for counts in served().values() for pid, n in counts.items() if n}
+
+            # The kernel may hand a whole burst to one worker: send bursts until both
+            # have answered attempts (bounded), so the shared budget is really tested.
+            for _ in range(10):
+                async with anyio.create_task_group() as group:
+                    for _ in range(3 * limit):
+                        group.start_soon(attempt)
+                if len(workers_that_answered()) == 2:
+                    break
+            answered = workers_that_answered()
     # One budget for the account, whichever worker answered: exactly `limit` attempts
     # reached the password check, every later one was refused.
-    assert sorted(statuses) == [400] * limit + [429] * (2 * limit), statuses
+    assert sorted(statuses) == [400] * limit + [429] * (len(statuses) - limit), statuses
     await databases.delete_keys(requires_redis, f"{redis_prefix}live:")
     # Both workers answered attempts: the budget was shared across processes.
-    workers = {pid for counts in served.values() for pid, count in counts.items() if count}
-    assert len(workers) == 2, served
+    assert len(answered) == 2, answered
