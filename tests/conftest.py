@@ -27,7 +27,8 @@ from keel.models import Base
 from tests.fixtures import databases
 from tests.fixtures.queries import StatementCounter, counting_statements
 from tests.support.apps import client_for
-from tests.support.mailbox import RecordingMailer
+from tests.support.mailbox import Mailbox, install_mailbox
+from tests.support.smtp import Inbox, running_smtp_server
 
 # The suite decides its own settings: a developer's KEEL_* variables must not leak in.
 for _name in [name for name in os.environ if name.startswith("KEEL_")]:
@@ -98,6 +99,9 @@ def make_settings(
             # Cheap hashes: the suite hashes hundreds of passwords; the parameters are
             # settings, and production's are tested where they matter (the upgrade).
             "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1},
+            # Jobs run beside the app, which the test client waits for; the Dramatiq
+            # runner is tested with a real worker where it is asked for.
+            "jobs": {"backend": "inprocess"},
         }
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(values.get(key), dict):
@@ -160,11 +164,16 @@ def count_queries(app: FastAPI, client: httpx.AsyncClient) -> Iterator[Statement
 
 
 @pytest.fixture
-def mailbox(app: FastAPI, client: httpx.AsyncClient) -> RecordingMailer:
-    """Every e-mail the app sends from here on, with the tokens it carries."""
-    mailer = RecordingMailer()
-    app.state.resources.mailer = mailer
-    return mailer
+def mailbox(app: FastAPI, client: httpx.AsyncClient) -> Mailbox:
+    """Every e-mail the app's jobs send from here on, with the tokens they carry."""
+    return install_mailbox(app)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[Inbox, int]]:
+    """A real SMTP server for the test: its inbox and port."""
+    with running_smtp_server() as server:
+        yield server
 
 
 @pytest.fixture

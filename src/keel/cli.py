@@ -155,6 +155,38 @@ def serve(
 
 
 @app.command()
+def worker(
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="Jobs run at once (default KEEL_JOBS_CONCURRENCY)."),
+    ] = None,
+) -> None:
+    """Run background jobs from the Redis queue (Dramatiq) until SIGTERM."""
+    from keel.core.jobs.worker import run_worker
+    from keel.core.logging import configure_logging
+    from keel.jobs import JOBS, PERIODIC
+
+    settings = _load_settings()
+    if not settings.redis.url:
+        _fail(
+            [
+                (
+                    "keel worker takes jobs from Redis: set KEEL_REDIS_URL. Without Redis, "
+                    "`keel serve` runs jobs in-process and needs no worker."
+                )
+            ]
+        )
+    if not settings.jobs_on_dramatiq:
+        _fail(["KEEL_JOBS_BACKEND=inprocess: the API runs its jobs itself, no worker needed."])
+    try:
+        check_settings(settings, 1)
+    except UnsafeSettingsError as exc:
+        _fail(exc.problems)
+    configure_logging(settings)
+    run_worker(settings, JOBS, PERIODIC, threads=threads or settings.jobs.concurrency)
+
+
+@app.command()
 def openapi() -> None:
     """Print the OpenAPI schema as JSON."""
     from keel.main import create_app

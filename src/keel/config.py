@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -112,6 +112,18 @@ class MailSettings(BaseModel):
     smtp_timeout: float = Field(default=10.0, gt=0)
 
 
+class JobSettings(BaseModel):
+    # auto: Dramatiq on Redis when KEEL_REDIS_URL is set (run `keel worker` beside the
+    # API), otherwise the in-process runner inside `keel serve`.
+    backend: Literal["auto", "inprocess", "dramatiq"] = "auto"
+    # Jobs the in-process runner (or one `keel worker`) runs at the same time.
+    concurrency: int = Field(default=8, ge=1, le=256)
+    # How often expired tokens and idempotency records are deleted.
+    purge_interval_seconds: int = Field(default=3600, ge=10)
+    # Where `keel worker` serves its own /metrics (0: not at all).
+    worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
+
+
 class FirstAdminSettings(BaseModel):
     # When both are set and no admin exists, one is created at start.
     email: str | None = None
@@ -147,6 +159,7 @@ class Settings(BaseSettings):
     limit: LimitSettings = Field(default_factory=LimitSettings)
     first_admin: FirstAdminSettings = Field(default_factory=FirstAdminSettings)
     mail: MailSettings = Field(default_factory=MailSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     # Signs cursors and other server-made values. None: generated into the data folder.
     secret_key: SecretStr | None = None
 
@@ -154,6 +167,18 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _dramatiq_needs_redis(self) -> Settings:
+        if self.jobs.backend == "dramatiq" and not self.redis.url:
+            raise ValueError("KEEL_JOBS_BACKEND=dramatiq needs KEEL_REDIS_URL: the queue is Redis.")
+        return self
+
+    @property
+    def jobs_on_dramatiq(self) -> bool:
+        if self.jobs.backend == "auto":
+            return self.redis.url is not None
+        return self.jobs.backend == "dramatiq"
 
     @property
     def is_production(self) -> bool:
@@ -196,6 +221,14 @@ class UnsafeSettingsError(Exception):
 
 def in_process_backend_problems(settings: Settings, workers: int) -> list[str]:
     """Several worker processes cannot share in-process state: say what to configure."""
+    if workers > 1 and settings.jobs.backend == "inprocess":
+        return [
+            (
+                f"{workers} workers would each run their own in-process jobs: set "
+                "KEEL_JOBS_BACKEND=dramatiq (or auto) with KEEL_REDIS_URL and run "
+                "`keel worker`, or run one worker."
+            )
+        ]
     if workers > 1 and not settings.redis.url:
         return [
             (

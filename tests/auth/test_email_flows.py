@@ -29,7 +29,7 @@ from tests.auth.test_token import (
 from tests.conftest import SettingsFactory
 from tests.factories.users import DEFAULT_PASSWORD, make_user, unique_email
 from tests.support.assertions import assert_error
-from tests.support.mailbox import RecordingMailer
+from tests.support.mailbox import Mailbox, install_mailbox
 
 pytestmark = pytest.mark.anyio
 
@@ -74,21 +74,21 @@ def assert_bad_token(response: httpx.Response) -> None:
     assert_error(response, 400, "BAD_REQUEST")
 
 
-async def registered(client: httpx.AsyncClient, mailbox: RecordingMailer) -> tuple[str, str]:
+async def registered(client: httpx.AsyncClient, mailbox: Mailbox) -> tuple[str, str]:
     """A new account through /register: its e-mail and its verification token."""
     email = unique_email()
     response = await client.post(
         "/api/v1/auth/register", json={"email": email, "password": DEFAULT_PASSWORD}
     )
     assert response.status_code == 201, response.text
-    token = mailbox.last("verification", to=email).token
+    token = mailbox.last("welcome", to=email).token
     assert token
     return email, token
 
 
-async def reset_token(client: httpx.AsyncClient, mailbox: RecordingMailer, email: str) -> str:
+async def reset_token(client: httpx.AsyncClient, mailbox: Mailbox, email: str) -> str:
     assert (await forgot(client, email)).status_code == 202
-    token = mailbox.last("password_reset", to=email).token
+    token = mailbox.last("reset_password", to=email).token
     assert token
     return token
 
@@ -97,7 +97,7 @@ async def reset_token(client: httpx.AsyncClient, mailbox: RecordingMailer, email
 
 
 async def test_verification_token_is_single_use(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     email, token = await registered(client, mailbox)
     assert not await is_verified(app, email)
@@ -119,7 +119,7 @@ async def test_verification_body_is_validated(client: httpx.AsyncClient) -> None
 
 
 async def test_expired_verification_token_is_400(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     email, token = await registered(client, mailbox)
     await expire(app, token)
@@ -128,7 +128,7 @@ async def test_expired_verification_token_is_400(
 
 
 async def test_token_for_an_old_email_does_not_verify_the_new_one(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     email, old_token = await registered(client, mailbox)
     pair = await tokens_for(client, email)
@@ -145,21 +145,21 @@ async def test_token_for_an_old_email_does_not_verify_the_new_one(
     assert_bad_token(await verify(client, old_token))
     assert not await is_verified(app, new_email)
     # The new address's own e-mail does verify it.
-    new_token = mailbox.last("verification", to=new_email).token
+    new_token = mailbox.last("verify_email", to=new_email).token
     assert new_token
     assert (await verify(client, new_token)).status_code == 204
     assert await is_verified(app, new_email)
 
 
 async def test_verification_request_sends_a_new_email(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     user = await make_user(app, is_verified=False)
     pair = await tokens_for(client, user.email)
     response = await client.post(VERIFY_REQUEST_URL, headers=bearer(pair["access_token"]))
     assert response.status_code == 202, response.text
     assert_rate_headers(response)
-    sent = mailbox.last("verification", to=user.email)
+    sent = mailbox.last("verify_email", to=user.email)
     assert sent.token
     assert (await verify(client, sent.token)).status_code == 204
     assert await is_verified(app, user.email)
@@ -190,7 +190,7 @@ async def test_verification_request_rate_limit(
 
 
 async def test_forgot_password_answers_the_same_for_unknown_addresses(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     user = await make_user(app)
     known = await forgot(client, user.email)
@@ -201,19 +201,19 @@ async def test_forgot_password_answers_the_same_for_unknown_addresses(
     assert_rate_headers(known)
     # The work ran as a background task; with httpx's ASGITransport it has finished by
     # the time the response is returned. Only the known address gets an e-mail.
-    assert [(sent.kind, sent.to) for sent in mailbox.sent] == [("password_reset", user.email)]
+    assert [(sent.kind, sent.to) for sent in mailbox.sent] == [("reset_password", user.email)]
 
 
 async def test_forgot_password_matches_any_case(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     user = await make_user(app)
     assert (await forgot(client, user.email.upper())).status_code == 202
-    assert mailbox.last("password_reset", to=user.email).token
+    assert mailbox.last("reset_password", to=user.email).token
 
 
 async def test_forgot_password_for_an_inactive_user_sends_nothing(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     user = await make_user(app, is_active=False)
     assert (await forgot(client, user.email)).status_code == 202
@@ -230,8 +230,7 @@ async def test_forgot_password_rate_limit(
     client: httpx.AsyncClient, make_settings: SettingsFactory
 ) -> None:
     async with serving(make_settings(limit={"email_ip": "2/minute"})) as (app, limited):
-        mailbox = RecordingMailer()
-        app.state.resources.mailer = mailbox
+        mailbox = install_mailbox(app)
         user = await make_user(app)
         for remaining in (1, 0):
             response = await forgot(limited, unique_email("nobody"))
@@ -245,7 +244,7 @@ async def test_forgot_password_rate_limit(
 
 
 async def test_reset_password_ends_every_session(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     user = await make_user(app)
     first = await tokens_for(client, user.email)
@@ -266,7 +265,7 @@ async def test_reset_password_ends_every_session(
 
 
 async def test_reset_token_is_single_use(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     user = await make_user(app)
     token = await reset_token(client, mailbox, user.email)
@@ -279,7 +278,7 @@ async def test_reset_token_is_single_use(
 
 
 async def test_expired_reset_token_is_400(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     user = await make_user(app)
     pair = await tokens_for(client, user.email)
@@ -297,7 +296,7 @@ async def test_bad_reset_token_is_400(client: httpx.AsyncClient, token: str) -> 
 
 
 async def test_tokens_serve_only_their_purpose(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     email, verification = await registered(client, mailbox)
     reset_for_email = await reset_token(client, mailbox, email)
@@ -314,7 +313,7 @@ async def test_tokens_serve_only_their_purpose(
     ids=["too-short", "common", "too-long"],
 )
 async def test_policy_violation_is_422_and_leaves_the_token_unspent(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer, password: str
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox, password: str
 ) -> None:
     user = await make_user(app)
     pair = await tokens_for(client, user.email)
@@ -332,7 +331,7 @@ async def test_policy_violation_is_422_and_leaves_the_token_unspent(
 
 
 async def test_new_password_containing_the_local_part_is_422(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     user = await make_user(app)
     token = await reset_token(client, mailbox, user.email)

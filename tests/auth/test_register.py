@@ -24,7 +24,7 @@ from tests.auth.test_token import (
 from tests.conftest import SettingsFactory
 from tests.factories.users import DEFAULT_PASSWORD, make_user, unique_email
 from tests.support.assertions import USER_FIELDS, assert_error
-from tests.support.mailbox import RecordingMailer
+from tests.support.mailbox import Mailbox, install_mailbox
 
 pytestmark = pytest.mark.anyio
 
@@ -49,7 +49,7 @@ def assert_policy_refusal(response: httpx.Response, field: str = "password") -> 
 
 
 async def test_register_returns_the_user(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     email = unique_email("Mixed.Case").replace("example.com", "Example.COM")
     response = await register(client, email=email, password=DEFAULT_PASSWORD, full_name="Ann")
@@ -70,7 +70,7 @@ async def test_register_returns_the_user(
     limit, remaining, _ = assert_rate_headers(response)
     assert (limit, remaining) == (20, 19)
     # Only the one e-mail, to the stored address.
-    assert [(sent.kind, sent.to) for sent in mailbox.sent] == [("verification", email.lower())]
+    assert [(sent.kind, sent.to) for sent in mailbox.sent] == [("welcome", email.lower())]
 
 
 async def test_full_name_is_optional(client: httpx.AsyncClient) -> None:
@@ -80,11 +80,11 @@ async def test_full_name_is_optional(client: httpx.AsyncClient) -> None:
 
 
 async def test_verification_email_verifies_the_account(
-    client: httpx.AsyncClient, mailbox: RecordingMailer
+    client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     email = unique_email()
     assert (await register(client, email=email, password=DEFAULT_PASSWORD)).status_code == 201
-    token = mailbox.last("verification", to=email).token
+    token = mailbox.last("welcome", to=email).token
     assert token
 
     pair = await tokens_for(client, email)
@@ -109,11 +109,11 @@ async def test_the_new_account_can_sign_in(client: httpx.AsyncClient) -> None:
 
 
 async def test_taken_email_in_another_case_is_409(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     email = unique_email()
     assert (await register(client, email=email, password=DEFAULT_PASSWORD)).status_code == 201
-    mailbox.sent.clear()
+    mailbox.clear()
     response = await register(client, email=email.upper(), password="another good passphrase")
     assert_error(response, 409, "CONFLICT")
     assert await count_users(app, email) == 1
@@ -216,8 +216,7 @@ async def test_closed_registration_is_403(
 ) -> None:
     email = unique_email()
     async with serving(make_settings(auth={"registration_open": False})) as (app, closed):
-        mailbox = RecordingMailer()
-        app.state.resources.mailer = mailbox
+        mailbox = install_mailbox(app)
         response = await register(closed, email=email, password=DEFAULT_PASSWORD)
         assert_error(response, 403, "FORBIDDEN")
         assert await count_users(app, email) == 0
@@ -225,7 +224,7 @@ async def test_closed_registration_is_403(
 
 
 async def test_racing_registrations_of_one_email(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     email = unique_email()
     responses = await asyncio.gather(

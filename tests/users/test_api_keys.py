@@ -16,7 +16,7 @@ from keel.core.resources import Resources
 from keel.models import ApiKey, Role
 from tests.factories.users import DEFAULT_PASSWORD, SignedIn, login, signed_in
 from tests.support.assertions import assert_error
-from tests.support.mailbox import RecordingMailer
+from tests.support.mailbox import Mailbox
 from tests.users.test_me import (
     ME,
     NEW_PASSWORD,
@@ -381,7 +381,7 @@ KEPT_FROM_KEYS = [
 async def test_a_key_may_not_do_what_needs_a_password_sign_in(
     app: FastAPI,
     client: httpx.AsyncClient,
-    mailbox: RecordingMailer,
+    mailbox: Mailbox,
     method: str,
     path: str,
     make_body: Any,

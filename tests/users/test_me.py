@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from keel.models import Role
 from tests.factories.users import DEFAULT_PASSWORD, SignedIn, login, make_user, signed_in
 from tests.support.assertions import USER_FIELDS, assert_error
-from tests.support.mailbox import RecordingMailer
+from tests.support.mailbox import Mailbox
 
 pytestmark = pytest.mark.anyio
 
@@ -223,7 +223,7 @@ async def test_patch_me_unknown_field_is_422(app: FastAPI, client: httpx.AsyncCl
 
 
 async def test_email_change_without_current_password_is_403(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     me = await signed_in(app, client)
     response = await client.patch(ME, json={"email": "elsewhere@example.com"}, headers=me.headers)
@@ -235,7 +235,7 @@ async def test_email_change_without_current_password_is_403(
 
 
 async def test_email_change_with_a_wrong_current_password_is_403(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     me = await signed_in(app, client, full_name="Unchanged")
     response = await client.patch(
@@ -257,7 +257,7 @@ async def test_email_change_with_a_wrong_current_password_is_403(
 
 
 async def test_email_change_with_the_right_password(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     me = await signed_in(app, client)
     old_email = me.user.email
@@ -277,9 +277,9 @@ async def test_email_change_with_the_right_password(
     assert reread["is_verified"] is False
     # A verification e-mail goes to the new address, and only there.
     assert [(sent.kind, sent.to) for sent in mailbox.sent] == [
-        ("verification", "new.address@example.com")
+        ("verify_email", "new.address@example.com")
     ]
-    token = mailbox.last("verification", "new.address@example.com").token
+    token = mailbox.last("verify_email", "new.address@example.com").token
     assert token
     # The account signs in with the new address (in any case), no longer with the old.
     assert (await login(client, "NEW.address@example.com")).status_code == 200
@@ -291,12 +291,12 @@ async def test_email_change_with_the_right_password(
 
 
 async def test_a_token_sent_to_the_old_address_verifies_nothing(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     me = await signed_in(app, client, is_verified=False)
     requested = await client.post("/api/v1/auth/verify-email/request", headers=me.headers)
     assert requested.status_code == 202, requested.text
-    old_token = mailbox.last("verification", me.user.email).token
+    old_token = mailbox.last("verify_email", me.user.email).token
 
     changed = await client.patch(
         ME,
@@ -311,7 +311,7 @@ async def test_a_token_sent_to_the_old_address_verifies_nothing(
 
 
 async def test_email_change_to_a_taken_address_is_409(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     other = await make_user(app, email="taken@example.com")
     me = await signed_in(app, client)
@@ -333,7 +333,7 @@ async def test_email_change_to_a_taken_address_is_409(
 
 @pytest.mark.parametrize("contenders", [2, 6])
 async def test_users_racing_for_one_address_get_one_200_and_409s(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer, contenders: int
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox, contenders: int
 ) -> None:
     racers = [await signed_in(app, client) for _ in range(contenders)]
     responses: dict[str, httpx.Response] = {}
@@ -365,7 +365,7 @@ async def test_users_racing_for_one_address_get_one_200_and_409s(
 
 
 async def test_email_change_with_an_api_key_is_403(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     me = await signed_in(app, client)
     key = (await create_api_key(client, me))["key"]
@@ -406,7 +406,7 @@ async def test_invalid_email_is_422(app: FastAPI, client: httpx.AsyncClient) -> 
 
 
 async def test_password_change_with_a_wrong_current_password_is_403(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     me = await signed_in(app, client)
     other = await second_session(client, me)
@@ -435,7 +435,7 @@ async def test_password_change_with_a_wrong_current_password_is_403(
     ],
 )
 async def test_password_change_breaking_the_policy_is_422(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer, new_password: str
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox, new_password: str
 ) -> None:
     me = await signed_in(app, client, email="walter-22@example.com")
     other = await second_session(client, me)
@@ -466,7 +466,7 @@ async def test_password_change_missing_fields_is_422(
 
 
 async def test_password_change_ends_the_other_sessions_only(
-    app: FastAPI, client: httpx.AsyncClient, mailbox: RecordingMailer
+    app: FastAPI, client: httpx.AsyncClient, mailbox: Mailbox
 ) -> None:
     me = await signed_in(app, client)
     other = await second_session(client, me)

@@ -1,4 +1,4 @@
-"""The e-mails sign-in sends, behind one interface.
+"""The e-mails sign-in sends, composed from templates (sent by the jobs in auth/jobs.py).
 
 The links point at the front end, built on `KEEL_PUBLIC_BASE_URL`:
 
@@ -7,30 +7,17 @@ The links point at the front end, built on `KEEL_PUBLIC_BASE_URL`:
 
 are the front end's pages, which read the token from the address and POST it to the API
 (`/api/v1/auth/verify-email`, `/api/v1/auth/reset-password`); the API serves no HTML.
-Registration sends one message that both welcomes and asks for verification, so a new
-user gets one e-mail, not two.
-
-Sending happens after the commit (never for a change that did not happen); a failure
-to deliver is logged, not raised, as the request it follows has already succeeded.
+Registration sends one welcome message carrying the verification link, so a new user
+gets one e-mail, not two. A failure to deliver raises, so the job is retried.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlencode
-
-import structlog
 
 from keel.config import Settings
 from keel.core.mail import MailBackend, render
-
-log = structlog.get_logger("keel.mail")
-
-
-class AccountMailer(Protocol):
-    async def send_verification(self, email: str, token: str) -> None: ...
-    async def send_password_reset(self, email: str, token: str) -> None: ...
-    async def send_password_changed(self, email: str) -> None: ...
 
 
 class TemplatedMailer:
@@ -40,6 +27,14 @@ class TemplatedMailer:
 
     def link(self, page: str, token: str) -> str:
         return f"{self.settings.public_base_url}/{page}?{urlencode({'token': token})}"
+
+    async def send_welcome(self, email: str, token: str | None) -> None:
+        await self._send(
+            "welcome",
+            email,
+            link=self.link("verify-email", token) if token else None,
+            hours=self.settings.auth.verify_email_ttl_hours,
+        )
 
     async def send_verification(self, email: str, token: str) -> None:
         await self._send(
@@ -61,8 +56,4 @@ class TemplatedMailer:
         await self._send("password_changed", email)
 
     async def _send(self, template: str, email: str, **context: Any) -> None:
-        message = render(template, email, email=email, **context)
-        try:
-            await self.backend.send(message)
-        except Exception:
-            log.exception("mail_failed", kind=template, to=email)
+        await self.backend.send(render(template, email, email=email, **context))

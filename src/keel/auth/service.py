@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 
 import structlog
 from sqlalchemy import exists, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.auth import jobs
+from keel.auth.one_time import issue_one_time_token, verify_email_lifetime
 from keel.auth.schemas import TokenPair
 from keel.auth.sessions import Client, InvalidGrant, end_sessions, start_session
-from keel.core.db import after_commit
 from keel.core.errors import (
     DEPENDENCY_DOWN_ERRORS,
     BadRequest,
@@ -20,8 +20,9 @@ from keel.core.errors import (
     Forbidden,
     ValidationFailed,
 )
+from keel.core.jobs import enqueue_after_commit
 from keel.core.resources import Resources
-from keel.core.security.opaque import new_token, token_hash
+from keel.core.security.opaque import token_hash
 from keel.core.security.passwords import PasswordHasher, password_problem
 from keel.models import AuthSession, OneTimePurpose, OneTimeToken, Role, User
 from keel.models.base import utcnow
@@ -84,7 +85,7 @@ async def register(
     user = await create_user(
         resources.passwords, session, email=email, password=password, full_name=full_name
     )
-    await send_verification(resources, session, user)
+    await welcome(resources, session, user)
     return user
 
 
@@ -108,38 +109,27 @@ async def password_grant(
     return await start_session(resources, session, user, client)
 
 
-async def _one_time_token(
-    resources: Resources,
-    session: AsyncSession,
-    user: User,
-    purpose: OneTimePurpose,
-    lifetime: timedelta,
-) -> str:
-    token = new_token()
-    session.add(
-        OneTimeToken(
-            user_id=user.id,
-            purpose=purpose,
-            token_hash=token_hash(token),
-            email=user.email,
-            expires_at=utcnow() + lifetime,
+async def welcome(resources: Resources, session: AsyncSession, user: User) -> None:
+    """The welcome e-mail, with a verification link unless the account is verified."""
+    token = None
+    if not user.is_verified:
+        token = await issue_one_time_token(
+            session, user, OneTimePurpose.VERIFY_EMAIL, verify_email_lifetime(resources.settings)
         )
+    enqueue_after_commit(
+        session, resources.jobs, jobs.send_welcome.call(email=user.email, token=token)
     )
-    await session.flush()
-    return token
 
 
 async def send_verification(resources: Resources, session: AsyncSession, user: User) -> None:
     if user.is_verified:
         return
-    lifetime = timedelta(hours=resources.settings.auth.verify_email_ttl_hours)
-    token = await _one_time_token(resources, session, user, OneTimePurpose.VERIFY_EMAIL, lifetime)
-    email = user.email
-
-    async def deliver() -> None:
-        await resources.mailer.send_verification(email, token)
-
-    after_commit(session, deliver)
+    token = await issue_one_time_token(
+        session, user, OneTimePurpose.VERIFY_EMAIL, verify_email_lifetime(resources.settings)
+    )
+    enqueue_after_commit(
+        session, resources.jobs, jobs.send_verification.call(email=user.email, token=token)
+    )
 
 
 async def _redeem(session: AsyncSession, token: str, purpose: OneTimePurpose) -> User:
@@ -170,24 +160,6 @@ async def verify_email(session: AsyncSession, token: str) -> None:
     user.is_verified = True
 
 
-async def forgot_password(
-    resources: Resources, sessionmaker: async_sessionmaker[AsyncSession], email: str
-) -> None:
-    """Runs after the 202 is sent, so the answer is the same for every address."""
-    async with sessionmaker() as session:
-        user = (
-            await session.execute(select(User).where(User.email == normalise_email(email)))
-        ).scalar_one_or_none()
-        if user is None or not user.is_active:
-            return
-        lifetime = timedelta(minutes=resources.settings.auth.reset_password_ttl_minutes)
-        token = await _one_time_token(
-            resources, session, user, OneTimePurpose.RESET_PASSWORD, lifetime
-        )
-        await session.commit()
-    await resources.mailer.send_password_reset(user.email, token)
-
-
 async def set_password(
     resources: Resources,
     session: AsyncSession,
@@ -205,12 +177,7 @@ async def set_password(
     if keep_session is not None:
         condition = condition & (AuthSession.id != keep_session)
     await end_sessions(resources, session, condition, "password_changed")
-    email = user.email
-
-    async def notify() -> None:
-        await resources.mailer.send_password_changed(email)
-
-    after_commit(session, notify)
+    enqueue_after_commit(session, resources.jobs, jobs.send_password_changed.call(email=user.email))
 
 
 async def reset_password(

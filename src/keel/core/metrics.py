@@ -120,9 +120,13 @@ class Metrics:
         event.listen(pool, "checkin", on_checkin)
         event.listen(pool, "close", on_close)
 
-    def render(self) -> bytes:
+    def export_registry(self) -> CollectorRegistry:
+        """This process's registry, or one that adds up every process's sample files."""
         if self.registry is not None:
-            return generate_latest(self.registry)
+            return self.registry
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        return registry
+
+    def render(self) -> bytes:
+        return generate_latest(self.export_registry())

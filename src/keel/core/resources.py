@@ -15,12 +15,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
-from keel.auth.mailer import AccountMailer, TemplatedMailer
 from keel.auth.revocation import InProcessRevocations, RedisRevocations, SessionRevocations
 from keel.config import Settings
 from keel.core.broker import Broker, InProcessBroker, RedisBroker
 from keel.core.client_ip import ClientIpResolver
 from keel.core.db import create_engine, create_sessionmaker
+from keel.core.jobs import JobContext, JobOutcomes, JobQueue
+from keel.core.jobs.inprocess import InProcessRunner
+from keel.core.jobs.redis_queue import DramatiqQueue, create_broker
 from keel.core.mail import create_backend
 from keel.core.metrics import Metrics
 from keel.core.pagination import CursorCodec
@@ -29,6 +31,7 @@ from keel.core.security.access_tokens import LEEWAY_SECONDS, AccessTokens
 from keel.core.security.keys import KeyRing
 from keel.core.security.passwords import PasswordHasher
 from keel.core.security.secret import load_secret
+from keel.jobs import JOBS, PERIODIC
 
 log = structlog.get_logger("keel.resources")
 
@@ -48,7 +51,7 @@ class Resources:
     limiter: RateLimiter
     cursors: CursorCodec
     client_ip: ClientIpResolver
-    mailer: AccountMailer
+    jobs: JobQueue
 
 
 def resources_of(connection: HTTPConnection) -> Resources:
@@ -97,12 +100,16 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
         limiter = RateLimiter.from_settings(settings)
         stack.push_async_callback(limiter.close)
         keys = KeyRing.load(settings)
+        jobs = _open_jobs(settings, sessionmaker, metrics)
+        # Pushed after the engine, so closed before it: running jobs may still need it.
+        stack.push_async_callback(jobs.close)
 
         log.info(
             "resources_opened",
             database=engine.url.render_as_string(hide_password=True),
             redis="on" if redis else "off",
             mail=settings.mail.backend,
+            jobs="dramatiq" if settings.jobs_on_dramatiq else "in-process",
         )
         yield Resources(
             settings=settings,
@@ -118,6 +125,23 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
             limiter=limiter,
             cursors=CursorCodec(load_secret(settings)),
             client_ip=ClientIpResolver(settings.server.trusted_proxies),
-            mailer=TemplatedMailer(create_backend(settings), settings),
+            jobs=jobs,
         )
     log.info("resources_closed")
+
+
+def _open_jobs(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], metrics: Metrics
+) -> JobQueue:
+    outcomes = JobOutcomes(metrics)
+    if settings.jobs_on_dramatiq:
+        # This process only enqueues; `keel worker` runs them.
+        return DramatiqQueue(create_broker(settings), JOBS, outcomes)
+    runner = InProcessRunner(
+        JobContext(settings, sessionmaker, create_backend(settings)),
+        outcomes,
+        concurrency=settings.jobs.concurrency,
+        shutdown_timeout=settings.server.graceful_timeout,
+    )
+    runner.start_schedule(PERIODIC, settings)
+    return runner

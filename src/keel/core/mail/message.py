@@ -13,6 +13,8 @@ class Message:
     subject: str
     text: str
     html: str
+    # The template it came from ("welcome", "reset_password"...): for logs and tests.
+    kind: str = ""
 
 
 def to_email_message(message: Message, sender: str) -> EmailMessage:

@@ -26,4 +26,5 @@ def render(name: str, to: str, **context: Any) -> Message:
         subject=" ".join(subject.split()),
         text=_env.get_template(f"{name}.txt").render(**context),
         html=_env.get_template(f"{name}.html").render(**context),
+        kind=name,
     )

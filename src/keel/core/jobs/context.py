@@ -1,0 +1,35 @@
+"""What a running job is given: settings, a database session factory, the mail backend.
+
+In `keel serve` the context shares the app's engine; in `keel worker` it is opened once
+per worker process, on the event loop the jobs run on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from keel.config import Settings
+from keel.core.db import create_engine, create_sessionmaker
+from keel.core.mail import MailBackend, create_backend
+from keel.core.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    mail: MailBackend
+
+
+@contextlib.asynccontextmanager
+async def open_job_context(settings: Settings, metrics: Metrics) -> AsyncIterator[JobContext]:
+    engine = create_engine(settings)
+    metrics.watch_pool(engine)
+    try:
+        yield JobContext(settings, create_sessionmaker(engine), create_backend(settings))
+    finally:
+        await engine.dispose()

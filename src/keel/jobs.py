@@ -1,0 +1,23 @@
+"""Every job Keel runs, and the periodic ones: what both runners are built from.
+
+A new job is defined next to its domain (auth/jobs.py) and listed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keel.auth import jobs as auth_jobs
+from keel.config import Settings
+from keel.core.jobs import Job, Periodic
+
+
+def _purge_interval(settings: Settings) -> float:
+    return settings.jobs.purge_interval_seconds
+
+
+PERIODIC: tuple[Periodic, ...] = tuple(
+    Periodic(purge, _purge_interval) for purge in auth_jobs.PURGE_JOBS
+)
+
+JOBS: tuple[Job[Any], ...] = (*auth_jobs.JOBS, *(entry.job for entry in PERIODIC))
