@@ -171,3 +171,28 @@ def test_users_create_refuses_an_unset_password_variable(cli_env: Path) -> None:
     result = runner.invoke(app, ["users", "create", "a@example.com", "--password-env", "NOPE_X"])
     assert result.exit_code == 2
     assert "NOPE_X" in result.output
+
+
+def test_worker_needs_redis(cli_env: Path) -> None:
+    result = runner.invoke(app, ["worker"])
+    assert result.exit_code == 2
+    assert "set KEEL_REDIS_URL" in result.output
+
+
+def test_worker_is_not_needed_with_in_process_jobs(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEL_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("KEEL_JOBS_BACKEND", "inprocess")
+    result = runner.invoke(app, ["worker"])
+    assert result.exit_code == 2
+    assert "no worker needed" in result.output
+
+
+def test_dramatiq_jobs_without_redis_are_refused(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEL_JOBS_BACKEND", "dramatiq")
+    result = runner.invoke(app, ["worker"])
+    assert result.exit_code == 2
+    assert "KEEL_JOBS_BACKEND=dramatiq needs KEEL_REDIS_URL" in result.output

@@ -110,6 +110,9 @@ class MailSettings(BaseModel):
     # "starttls": upgrade a plain connection (port 587); "tls": implicit TLS (port 465).
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     smtp_timeout: float = Field(default=10.0, gt=0)
+    # A CA bundle (PEM) to trust for the server's certificate, for relays with a
+    # private CA; unset, the system's trust store is used.
+    smtp_ca_file: Path | None = None
 
 
 class JobSettings(BaseModel):

@@ -65,6 +65,24 @@ def test_json_lines_in_production_style(capsys: pytest.CaptureFixture[str]) -> N
     assert line["timestamp"].endswith("Z")
 
 
+@pytest.mark.parametrize("style", ["json", "console"])
+def test_tracebacks_leave_out_local_variables(
+    style: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(_settings(style))
+
+    def fail(credentials: tuple[str, str]) -> None:
+        raise ValueError("could not sign in")
+
+    try:
+        fail(("ann", "pl41n-" + "p4ssphrase"))
+    except ValueError:
+        structlog.get_logger("t").exception("sign_in_failed")
+    out = capsys.readouterr().out
+    assert "could not sign in" in out
+    assert "pl41n-p4ssphrase" not in out
+
+
 def test_readable_lines_in_development(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(_settings("console"))
     structlog.get_logger("t").warning("disk_low", token="abc")

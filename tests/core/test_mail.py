@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import ssl
 import stat
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import aiosmtplib
 import httpx
 import pytest
 
@@ -28,7 +30,7 @@ from tests.conftest import SettingsFactory
 from tests.factories.users import DEFAULT_PASSWORD, unique_email
 from tests.support.apps import client_for
 from tests.support.servers import HOST
-from tests.support.smtp import Inbox
+from tests.support.smtp import Inbox, running_smtp_server, self_signed_certificate
 
 pytestmark = pytest.mark.anyio
 
@@ -214,6 +216,48 @@ async def test_smtp_backend_logs_in_when_a_username_is_set(
     )
     assert inbox.logins == [(b"keel", b"right")]
     assert len(inbox.envelopes) == 1
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_smtp_backend_encrypts_and_checks_the_certificate(
+    make_settings: SettingsFactory, tmp_path: Path, security: str
+) -> None:
+    certificate = self_signed_certificate(tmp_path)
+    with running_smtp_server(security, certificate) as (inbox, port):
+        trusting = smtp_settings(
+            make_settings,
+            port,
+            smtp_security=security,
+            smtp_ca_file=certificate[0],
+            smtp_username="keel",
+            smtp_password="right",
+        )
+        await TemplatedMailer(create_backend(trusting), trusting).send_password_reset(
+            "ann@example.com", TOKEN
+        )
+        assert len(inbox.envelopes) == 1
+        assert inbox.logins == [(b"keel", b"right")]  # the password crossed encrypted
+
+        # A certificate nobody vouched for is refused, and nothing is sent.
+        untrusting = smtp_settings(make_settings, port, smtp_security=security)
+        refused = (aiosmtplib.SMTPException, ssl.SSLError)  # by mode, either wraps it
+        with pytest.raises(refused, match="CERTIFICATE_VERIFY_FAILED"):
+            await create_backend(untrusting).send(
+                Message(to="bob@example.com", subject="Hi", text="plain", html="<p>rich</p>")
+            )
+        assert len(inbox.envelopes) == 1
+
+
+async def test_a_server_requiring_starttls_refuses_plain_smtp(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    with running_smtp_server("starttls", self_signed_certificate(tmp_path)) as (inbox, port):
+        plain = smtp_settings(make_settings, port, smtp_security="none")
+        with pytest.raises(aiosmtplib.SMTPException):
+            await create_backend(plain).send(
+                Message(to="bob@example.com", subject="Hi", text="plain", html="<p>rich</p>")
+            )
+        assert inbox.envelopes == []
 
 
 # End to end: the console backend of a real app, read like a developer would.

@@ -201,3 +201,30 @@ def request_counts_by_worker(
         MultiProcessCollector(registry, path=str(single))  # type: ignore[no-untyped-call]
         counts[pid] = registry.get_sample_value("keel_http_requests_total", labels) or 0.0
     return counts
+
+
+# --- workers -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def work(workdir: Path, env: dict[str, str], *args: str) -> Iterator[Server]:
+    """A real `keel worker` process (its `port` is its metrics port, when set in env)."""
+    port = int(env.get("KEEL_JOBS_WORKER_METRICS_PORT", "0"))
+    stdout = workdir / f"worker-{os.getpid()}-{time.monotonic_ns()}.out"
+    stderr = stdout.with_suffix(".err")
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "keel", "worker", *args],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    worker = Server(process, port, stdout, stderr)
+    try:
+        yield worker
+    finally:
+        stop(process)
+        # Shown by pytest with the test's output when the test fails.
+        print(worker.output())  # noqa: T201

@@ -127,6 +127,13 @@ def _renderer(as_json: bool) -> Processor:
     return structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
 
 
+# Tracebacks as data, without each frame's local variables: their reprs would carry
+# passwords and tokens in free text, past any key-based redaction.
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+
 def configure_logging(settings: Settings) -> None:
     level = logging.getLevelNamesMapping()[settings.log.level]
     as_json = settings.log_as_json
@@ -134,7 +141,7 @@ def configure_logging(settings: Settings) -> None:
     # exception message is redacted too.
     tail: list[Processor] = [
         drop_color_message,
-        structlog.processors.dict_tracebacks if as_json else structlog.processors.format_exc_info,
+        _DICT_TRACEBACKS if as_json else structlog.processors.format_exc_info,
         redact_secrets,
         _renderer(as_json),
     ]

@@ -68,10 +68,14 @@ class DramatiqQueue:
         self.actors = {job.name: self._actor(job, context) for job in jobs}
 
     def _actor(self, job: Job[Any], context: ContextSource) -> Actor[Any, Any]:
-        async def run(*args: Any, **kwargs: Any) -> None:
-            await job.fn(await context(), *args, **kwargs)
-
         policy = job.retry
+
+        async def run(*args: Any, **kwargs: Any) -> None:
+            # Cancelled on the event loop at the limit; Dramatiq's TimeLimit, which
+            # interrupts the worker thread, stays as the backstop.
+            async with asyncio.timeout(policy.time_limit_ms / 1000):
+                await job.fn(await context(), *args, **kwargs)
+
         return Actor(
             run,
             broker=self.broker,

@@ -111,6 +111,14 @@ def build_worker_broker(
     return broker, queue
 
 
+def start_worker(broker: RedisBroker, threads: int, poll_ms: int = 1000) -> Worker:
+    # What Dramatiq's own command line emits first: TimeLimit starts its watchdog here.
+    broker.emit_after("process_boot")
+    worker = Worker(broker, worker_threads=threads, worker_timeout=poll_ms)
+    worker.start()
+    return worker
+
+
 def run_worker(
     settings: Settings,
     jobs: Sequence[Job[Any]],
@@ -128,8 +136,7 @@ def run_worker(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
-    worker = Worker(broker, worker_threads=threads, worker_timeout=1000)
-    worker.start()
+    worker = start_worker(broker, threads)
     log.info(
         "worker_started",
         threads=threads,

@@ -71,6 +71,7 @@ class SmtpBackend:
             use_tls=mail.smtp_security == "tls",
             start_tls=mail.smtp_security == "starttls",
             timeout=mail.smtp_timeout,
+            cert_bundle=str(mail.smtp_ca_file) if mail.smtp_ca_file else None,
         )
         log.info("mail_sent", to=message.to, subject=message.subject)
 
