@@ -24,8 +24,20 @@ def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str |
     return False
 
 
+def _for_dialect(dialect: str) -> Any:
+    """Leave out of the comparison what a model marks for another database only
+    (`info={"dialect": "postgresql"}`, beside `.ddl_if(dialect=...)`)."""
+
+    def include_object(obj: Any, name: str | None, type_: str, *_args: Any) -> bool:
+        only_on = getattr(obj, "info", {}).get("dialect")
+        return only_on is None or only_on == dialect
+
+    return include_object
+
+
 def _configure(connection: Connection) -> None:
     context.configure(
+        include_object=_for_dialect(connection.dialect.name),
         connection=connection,
         target_metadata=target_metadata,
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.

@@ -9,6 +9,7 @@ from typing import Any
 
 from keel.auth import jobs as auth_jobs
 from keel.config import Settings
+from keel.core import idempotency
 from keel.core.jobs import Job, Periodic
 
 
@@ -17,7 +18,8 @@ def _purge_interval(settings: Settings) -> float:
 
 
 PERIODIC: tuple[Periodic, ...] = tuple(
-    Periodic(purge, _purge_interval) for purge in auth_jobs.PURGE_JOBS
+    Periodic(purge, _purge_interval)
+    for purge in (*auth_jobs.PURGE_JOBS, idempotency.purge_expired_records)
 )
 
 JOBS: tuple[Job[Any], ...] = (*auth_jobs.JOBS, *(entry.job for entry in PERIODIC))

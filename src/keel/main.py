@@ -32,6 +32,8 @@ from keel.core.middleware.unhandled import UnhandledErrorMiddleware
 from keel.core.ratelimit import RateLimitHeadersMiddleware
 from keel.core.resources import open_resources
 from keel.health.router import router as health_router
+from keel.items.router import router as items_router
+from keel.jobs import JOBS, PERIODIC
 from keel.users.router import router as users_router
 
 API_PREFIX = "/api/v1"
@@ -65,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_resources(settings, metrics) as resources:
+        async with open_resources(settings, metrics, JOBS, PERIODIC) as resources:
             app.state.resources = resources
             await resources.revocations.load()
             await ensure_first_admin(resources)
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jwks_router)
     app.include_router(users_router)
     app.include_router(api_keys_router)
+    app.include_router(items_router)
 
     # Added innermost first: a request passes observability, security headers, the
     # /health fast path, CORS, compression, the body limit and the last-resort handler.

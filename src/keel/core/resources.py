@@ -7,8 +7,9 @@ and closes it all, in reverse order, however start-up or shutdown goes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -20,7 +21,7 @@ from keel.config import Settings
 from keel.core.broker import Broker, InProcessBroker, RedisBroker
 from keel.core.client_ip import ClientIpResolver
 from keel.core.db import create_engine, create_sessionmaker
-from keel.core.jobs import JobContext, JobOutcomes, JobQueue
+from keel.core.jobs import Job, JobContext, JobOutcomes, JobQueue, Periodic
 from keel.core.jobs.inprocess import InProcessRunner
 from keel.core.jobs.redis_queue import DramatiqQueue, create_broker
 from keel.core.mail import create_backend
@@ -31,7 +32,6 @@ from keel.core.security.access_tokens import LEEWAY_SECONDS, AccessTokens
 from keel.core.security.keys import KeyRing
 from keel.core.security.passwords import PasswordHasher
 from keel.core.security.secret import load_secret
-from keel.jobs import JOBS, PERIODIC
 
 log = structlog.get_logger("keel.resources")
 
@@ -71,7 +71,12 @@ def create_redis(url: str) -> Redis:
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[Resources]:
+async def open_resources(
+    settings: Settings,
+    metrics: Metrics,
+    jobs: Sequence[Job[Any]] = (),
+    periodic: Sequence[Periodic] = (),
+) -> AsyncIterator[Resources]:
     async with contextlib.AsyncExitStack() as stack:
         engine = create_engine(settings)
         stack.push_async_callback(engine.dispose)
@@ -100,9 +105,9 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
         limiter = RateLimiter.from_settings(settings)
         stack.push_async_callback(limiter.close)
         keys = KeyRing.load(settings)
-        jobs = _open_jobs(settings, sessionmaker, metrics)
+        job_queue = _open_jobs(settings, sessionmaker, metrics, jobs, periodic)
         # Pushed after the engine, so closed before it: running jobs may still need it.
-        stack.push_async_callback(jobs.close)
+        stack.push_async_callback(job_queue.close)
 
         log.info(
             "resources_opened",
@@ -125,23 +130,27 @@ async def open_resources(settings: Settings, metrics: Metrics) -> AsyncIterator[
             limiter=limiter,
             cursors=CursorCodec(load_secret(settings)),
             client_ip=ClientIpResolver(settings.server.trusted_proxies),
-            jobs=jobs,
+            jobs=job_queue,
         )
     log.info("resources_closed")
 
 
 def _open_jobs(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], metrics: Metrics
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    metrics: Metrics,
+    jobs: Sequence[Job[Any]],
+    periodic: Sequence[Periodic],
 ) -> JobQueue:
     outcomes = JobOutcomes(metrics)
     if settings.jobs_on_dramatiq:
         # This process only enqueues; `keel worker` runs them.
-        return DramatiqQueue(create_broker(settings), JOBS, outcomes)
+        return DramatiqQueue(create_broker(settings), jobs, outcomes)
     runner = InProcessRunner(
         JobContext(settings, sessionmaker, create_backend(settings)),
         outcomes,
         concurrency=settings.jobs.concurrency,
         shutdown_timeout=settings.server.graceful_timeout,
     )
-    runner.start_schedule(PERIODIC, settings)
+    runner.start_schedule(periodic, settings)
     return runner

@@ -3,12 +3,17 @@
 from keel.models.api_key import ApiKey
 from keel.models.auth import AuthSession, OneTimePurpose, OneTimeToken, RefreshToken
 from keel.models.base import Base, Timestamps, UTCDateTime, UUIDPrimaryKey
+from keel.models.idempotency import IdempotencyRecord
+from keel.models.item import Item, ItemStatus
 from keel.models.user import Role, User
 
 __all__ = [
     "ApiKey",
     "AuthSession",
     "Base",
+    "IdempotencyRecord",
+    "Item",
+    "ItemStatus",
     "OneTimePurpose",
     "OneTimeToken",
     "RefreshToken",

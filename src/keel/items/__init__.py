@@ -1,0 +1,1 @@
+"""Items: the owned resource every later resource copies (see docs/items.md)."""

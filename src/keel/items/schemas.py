@@ -1,0 +1,92 @@
+"""Item bodies: what a caller may send (create, replace, update) and the one answer shape."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from keel.models import ItemStatus
+
+TAG_PATTERN = r"^[a-z0-9-]{1,32}$"
+MAX_TAGS = 10
+
+Title = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Description = Annotated[str, StringConstraints(max_length=10_000)]
+Tag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
+
+
+def _unique(tags: list[str]) -> list[str]:
+    # A set in meaning, a list on the wire: repeats are dropped, the order is kept.
+    return list(dict.fromkeys(tags))
+
+
+Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS), AfterValidator(_unique)]
+
+
+class ItemRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    title: str
+    description: str
+    status: ItemStatus
+    tags: list[str]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+# The Item fields in API.md's order: the export's columns.
+ITEM_FIELDS = tuple(ItemRead.model_fields)
+
+
+class ItemWrite(BaseModel):
+    """POST and PUT: every field; those left out take their defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title
+    description: Description = ""
+    status: ItemStatus = ItemStatus.DRAFT
+    tags: Tags = Field(default_factory=list)
+
+
+class ItemUpdate(BaseModel):
+    """PATCH: only the fields sent change; none of them may be null."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title | None = None
+    description: Description | None = None
+    status: ItemStatus | None = None
+    tags: Tags | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> ItemUpdate:
+        nulls = [name for name in self.model_fields_set if getattr(self, name) is None]
+        if nulls:
+            raise ValueError(f"{', '.join(sorted(nulls))} cannot be null")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFilters:
+    status: ItemStatus | None = None
+    tag: str | None = None
+    q: str | None = None
+    owner_id: uuid.UUID | None = None
