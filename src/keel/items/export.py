@@ -36,6 +36,8 @@ def _ndjson(rows: Sequence[Row[Any]]) -> bytes:
         orjson.dumps(
             {name: getattr(row, name) for name in ITEM_FIELDS},
             option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE,
+            # asyncpg's UUID subclass is not orjson's uuid.UUID: written as str() is.
+            default=str,
         )
         for row in rows
     )
