@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -43,7 +44,10 @@ async def walk(client: httpx.AsyncClient, who: SignedIn, **params: Any) -> list[
 
 
 def sort_key(field: str) -> Any:
+    """What the server orders by: the field's value (timestamps as instants), then id."""
     name = field.lstrip("-")
+    if name.endswith("_at"):
+        return lambda row: (datetime.fromisoformat(row[name]), row["id"])
     return lambda row: (row[name], row["id"])
 
 

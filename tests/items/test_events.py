@@ -1,0 +1,78 @@
+"""Each committed change to an item is published on the `items` channel; nothing else is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from keel.auth.deps import Principal
+from keel.core.broker import Subscription
+from keel.core.db import rollback
+from keel.items import service
+from keel.items.schemas import ItemWrite
+from tests.factories.users import signed_in
+from tests.items.test_items import ITEMS, create, url
+
+pytestmark = pytest.mark.anyio
+
+
+async def next_event(subscription: Subscription) -> dict[str, Any]:
+    return dict(json.loads(await asyncio.wait_for(subscription.get(), timeout=5)))
+
+
+async def assert_quiet(subscription: Subscription) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(subscription.get(), timeout=0.2)
+
+
+async def test_create_update_delete_are_published_in_order(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    me = await signed_in(app, client)
+    async with app.state.resources.broker.subscribe("items") as events:
+        item = await create(client, me, title="first")
+        patched = (
+            await client.patch(url(item["id"]), json={"title": "second"}, headers=me.headers)
+        ).json()
+        deleted = await client.delete(url(item["id"]), headers=me.headers)
+        assert deleted.status_code == 204
+
+        created = await next_event(events)
+        assert created == {"event": "item.created", "data": item}
+        updated = await next_event(events)
+        assert updated == {"event": "item.updated", "data": patched}
+        gone = await next_event(events)
+        assert gone == {"event": "item.deleted", "data": patched}
+        await assert_quiet(events)
+
+
+async def test_refused_changes_publish_nothing(app: FastAPI, client: httpx.AsyncClient) -> None:
+    me = await signed_in(app, client)
+    item = await create(client, me)
+    async with app.state.resources.broker.subscribe("items") as events:
+        stale = await client.patch(
+            url(item["id"]), json={"title": "x"}, headers={**me.headers, "If-Match": '"9"'}
+        )
+        assert stale.status_code == 412
+        invalid = await client.post(ITEMS, json={"title": ""}, headers=me.headers)
+        assert invalid.status_code == 422
+        await assert_quiet(events)
+
+
+async def test_a_rolled_back_change_publishes_nothing(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    me = await signed_in(app, client)
+    resources = app.state.resources
+    async with resources.broker.subscribe("items") as events:
+        async with resources.sessionmaker() as session:
+            await service.create(
+                resources, session, Principal(me.user.id, me.user.role), ItemWrite(title="never")
+            )
+            await rollback(session)
+        await assert_quiet(events)
