@@ -138,7 +138,10 @@ async def test_a_malformed_key_is_422(app: FastAPI, client: httpx.AsyncClient, k
     response = await client.post(
         ITEMS,
         json={"title": "x"},
-        headers=httpx.Headers({**me.headers, "Idempotency-Key": key.encode("utf-8")}),
+        headers=[
+            *((name.encode(), value.encode()) for name, value in me.headers.items()),
+            (b"Idempotency-Key", key.encode("utf-8")),
+        ],
     )
     assert ["header", "Idempotency-Key"] in detail_locs(response)
     assert await count_items(app) == 0
