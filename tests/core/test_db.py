@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import Column, MetaData, Table, Uuid, insert, select, text
 
+from keel.core.db import after_commit, after_rollback, commit, rollback
 from keel.core.ids import uuid7
 from keel.models import Base, UTCDateTime
 
@@ -78,3 +80,31 @@ async def test_engine_is_configured_for_its_backend(app: FastAPI, client: object
         else:
             assert engine.dialect.driver == "asyncpg"
             assert engine.pool.size() == 10
+
+
+async def test_after_commit_and_after_rollback_run_only_on_their_outcome(
+    app: FastAPI, client: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran: list[str] = []
+
+    def note(what: str) -> Callable[[], Awaitable[None]]:
+        async def callback() -> None:
+            ran.append(what)
+
+        return callback
+
+    async def fails() -> None:
+        raise ConnectionError("redis away")
+
+    sessionmaker = app.state.resources.sessionmaker
+    async with sessionmaker() as session:
+        after_commit(session, fails)  # a failing follow-up neither stops the next...
+        after_commit(session, note("committed"))
+        after_rollback(session, note("not rolled back"))
+        await commit(session)  # ...nor raises here
+    async with sessionmaker() as session:
+        after_commit(session, note("not committed"))
+        after_rollback(session, note("rolled back"))
+        await rollback(session)
+    assert ran == ["committed", "rolled back"]
+    assert "transaction_callback_failed" in capsys.readouterr().out

@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 
 from keel.core.idempotency import IN_FLIGHT_TIMEOUT, claim, purge_expired_records, request_hash
 from keel.core.jobs.inprocess import InProcessRunner
+from keel.items import events
 from keel.models import IdempotencyRecord, Item
 from keel.models.base import utcnow
 from tests.factories.users import SignedIn, signed_in
@@ -130,6 +131,25 @@ async def test_a_failed_request_frees_its_key(app: FastAPI, client: httpx.AsyncC
     fixed = await post(client, me, "fix-me", {"title": "fixed"})
     assert fixed.status_code == 201, fixed.text
     assert await count_records(app) == 1
+
+
+async def test_a_request_failing_after_its_insert_frees_its_key(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = await signed_in(app, client)
+
+    def fail(*_args: object) -> None:
+        raise RuntimeError("injected after the insert")
+
+    monkeypatch.setattr(events, "publish_after_commit", fail)
+    failed = await post(client, me, "after-insert", {"title": "x"})
+    assert_error(failed, 500, "INTERNAL_ERROR")
+    monkeypatch.undo()
+    assert await count_items(app) == 0
+    retried = await post(client, me, "after-insert", {"title": "x"})
+    assert retried.status_code == 201, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    assert await count_items(app) == 1
 
 
 @pytest.mark.parametrize("key", ["", "with space", "é", "x" * 256, "tab\there"])

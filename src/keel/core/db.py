@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -25,6 +26,9 @@ from keel.config import Settings
 
 AfterCommit = Callable[[], Awaitable[None]]
 _AFTER_COMMIT_KEY = "keel.after_commit"
+_AFTER_ROLLBACK_KEY = "keel.after_rollback"
+
+log = structlog.get_logger("keel.db")
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -74,17 +78,35 @@ def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
     session.info.setdefault(_AFTER_COMMIT_KEY, []).append(callback)
 
 
+def after_rollback(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run `callback` once this session's transaction has rolled back (undo work done
+    outside it, such as a claim committed in a transaction of its own)."""
+    session.info.setdefault(_AFTER_ROLLBACK_KEY, []).append(callback)
+
+
+async def _run(callbacks: list[AfterCommit], stage: str) -> None:
+    for callback in callbacks:
+        try:
+            await callback()
+        except Exception:
+            # The transaction's fate is sealed: a failing follow-up (Redis away for a
+            # publish, say) is logged, and neither undoes the change nor fails the request.
+            log.exception("transaction_callback_failed", stage=stage)
+
+
 async def commit(session: AsyncSession) -> None:
     """Commit, then run what was waiting for the commit, in the order it was registered."""
     await session.commit()
-    callbacks: list[AfterCommit] = session.info.pop(_AFTER_COMMIT_KEY, [])
-    for callback in callbacks:
-        await callback()
+    session.info.pop(_AFTER_ROLLBACK_KEY, None)
+    await _run(session.info.pop(_AFTER_COMMIT_KEY, []), "after_commit")
 
 
 async def rollback(session: AsyncSession) -> None:
     session.info.pop(_AFTER_COMMIT_KEY, None)
-    await session.rollback()
+    try:
+        await session.rollback()
+    finally:
+        await _run(session.info.pop(_AFTER_ROLLBACK_KEY, []), "after_rollback")
 
 
 async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -92,10 +114,10 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with sessionmaker() as session:
         try:
             yield session
+            await commit(session)
         except BaseException:
             await rollback(session)
             raise
-        await commit(session)
 
 
 # scope="function": the commit happens when the endpoint returns, before the response

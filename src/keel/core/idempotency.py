@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated
@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keel.auth.deps import CurrentPrincipal
+from keel.core.db import DbSession, after_commit, after_rollback
 from keel.core.errors import AppError, Conflict, ValidationFailed
 from keel.core.jobs import JobContext, job
 from keel.core.resources import resources_of
@@ -71,7 +72,8 @@ class IdempotentRequest:
     async def save(
         self, session: AsyncSession, status_code: int, body: bytes, headers: dict[str, str]
     ) -> None:
-        """Store the response in the request's transaction (nothing to do without a key)."""
+        """Store the response in the request's transaction (nothing to do without a key).
+        Call it last, once the response is settled: it locks the record until commit."""
         if self.record_id is None:
             return
         await session.execute(
@@ -180,12 +182,13 @@ async def release(sessionmaker: async_sessionmaker[AsyncSession], record_id: uui
         log.exception("idempotency_release_failed", record_id=str(record_id))
 
 
-def idempotent(scope: str) -> Callable[..., AsyncIterator[IdempotentRequest]]:
+def idempotent(scope: str) -> Callable[..., Awaitable[IdempotentRequest]]:
     """A dependency honouring `Idempotency-Key` for one endpoint (`scope` names it)."""
 
     async def dependency(
         request: Request,
         principal: CurrentPrincipal,
+        session: DbSession,
         idempotency_key: Annotated[
             str | None,
             Header(
@@ -193,23 +196,29 @@ def idempotent(scope: str) -> Callable[..., AsyncIterator[IdempotentRequest]]:
                 description="Retry safely: the same key and body replay the first response.",
             ),
         ] = None,
-    ) -> AsyncIterator[IdempotentRequest]:
+    ) -> IdempotentRequest:
         if idempotency_key is None:
-            yield IdempotentRequest()
-            return
+            return IdempotentRequest()
         _check_key(idempotency_key)
         sessionmaker = resources_of(request).sessionmaker
         body_hash = request_hash(await request.body())
         state = await claim(sessionmaker, principal.user_id, scope, idempotency_key, body_hash)
-        try:
-            yield state
-        except BaseException:
-            if state.record_id is not None:
-                await release(sessionmaker, state.record_id)
-            raise
-        if state.record_id is not None and not state.saved:
-            # The endpoint answered without storing (an error response it returned).
-            await release(sessionmaker, state.record_id)
+        record_id = state.record_id
+        if record_id is None:
+            return state
+
+        # Freed once the request's own transaction has ended without storing a response
+        # (after its rollback, so it never waits on the request's locks).
+        async def free_claim() -> None:
+            await release(sessionmaker, record_id)
+
+        async def free_unless_saved() -> None:
+            if not state.saved:
+                await release(sessionmaker, record_id)
+
+        after_rollback(session, free_claim)
+        after_commit(session, free_unless_saved)
+        return state
 
     return dependency
 
