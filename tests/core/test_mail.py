@@ -112,6 +112,24 @@ def test_mime_form_is_text_then_html() -> None:
     assert html.strip() == "<p>rich</p>"
 
 
+def test_links_stay_whole_in_the_raw_message() -> None:
+    link = "https://app.example.com/verify-email?token=" + "x" * 120
+    message = render("verify_email", "ann@example.com", email="ann@example.com", link=link, hours=1)
+    raw = to_email_message(message, "Keel <no-reply@keel.test>").as_bytes()
+    # Searchable as is (no quoted-printable line breaks or =3D), in both parts.
+    assert raw.count(link.encode()) == 2
+
+
+def test_non_ascii_text_is_encoded_and_comes_back() -> None:
+    text = "Grüße, Zoë: " + "ü" * 1200
+    message = Message(to="zoe@example.com", subject="Grüße", text=text, html=f"<p>{text}</p>")
+    raw = to_email_message(message, "Keel <no-reply@keel.test>").as_bytes()
+    assert raw.isascii()
+    mime = parse(raw)
+    assert mime["Subject"] == "Grüße"
+    assert parts(mime)[0].strip() == text
+
+
 # The console backend.
 
 
