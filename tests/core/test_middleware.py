@@ -125,6 +125,15 @@ async def test_large_responses_are_gzipped(client: httpx.AsyncClient) -> None:
     assert response.json()["info"]["title"] == "Keel"
 
 
+@pytest.mark.parametrize("accept", ["gzip", "identity"])
+async def test_answers_vary_by_accept_encoding_compressed_or_not(
+    client: httpx.AsyncClient, accept: str
+) -> None:
+    for path in ("/openapi.json", "/api/v1/nothing-here", "/ready"):
+        response = await client.get(path, headers={"Accept-Encoding": accept})
+        assert response.headers["vary"].lower().count("accept-encoding") == 1, path
+
+
 async def test_small_responses_are_not_gzipped(client: httpx.AsyncClient) -> None:
     response = await client.get("/health", headers={"Accept-Encoding": "gzip"})
     assert "content-encoding" not in response.headers

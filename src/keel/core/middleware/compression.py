@@ -1,24 +1,41 @@
 """Gzip for clients that ask for it, and nothing at all for those that do not.
 
 Starlette's middleware wraps every response, even when the client accepts no gzip;
-checking the header first keeps that cost off most API calls.
+checking the header first keeps that cost off most API calls. Every answer says
+`Vary: Accept-Encoding`, compressed or not: a shared cache must not hand a gzipped body
+to a client that did not ask for one, nor the reverse.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.gzip import GZipMiddleware
 
 if TYPE_CHECKING:
-    from starlette.types import Receive, Scope, Send
+    from starlette.types import Message, Receive, Scope, Send
 
 
 class GZipWhenAccepted(GZipMiddleware):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"accept-encoding" and b"gzip" in value:
-                    await super().__call__(scope, receive, send)
-                    return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = _varying(send)
+        for name, value in scope["headers"]:
+            if name == b"accept-encoding" and b"gzip" in value:
+                await super().__call__(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+
+def _varying(send: Send) -> Send:
+    async def send_with_vary(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            if "accept-encoding" not in headers.get("vary", "").lower():
+                headers.add_vary_header("Accept-Encoding")
+        await send(message)
+
+    return send_with_vary
