@@ -113,6 +113,11 @@ class Database:
         self.keep = keep
 
     @property
+    def dsn(self) -> str:
+        """The database as libpq and asyncpg name it."""
+        return f"{PG_SERVER}/{self.name}"
+
+    @property
     def keel_url(self) -> str:
         return PG_SERVER.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + self.name
 
@@ -288,22 +293,31 @@ def load_average() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-class KeelServer:
-    """`keel serve --workers 1` on a free port, in its own process group, log in a file."""
+class Server:
+    """A server command on a free port, in its own process group, its output in a file.
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    Ready once `GET <ready_path>` answers 200; stopped (SIGTERM to the group, SIGKILL after
+    15 s) on exit, however the `with` block ends.
+    """
+
+    name = "server"
+    ready_path = "/health"
+
+    def __init__(
+        self, command: list[str], port: int, env: dict[str, str], cwd: Path, log: Path
+    ) -> None:
+        self.command = command
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
         self.env = env
+        self.cwd = cwd
         self.log = log
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        serve = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        self.command = [str(KEEL), *serve]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int:
         if self.process is None:
-            raise RuntimeError("the server is not running")
+            raise RuntimeError(f"{self.name} is not running")
         return self.process.pid
 
     def __enter__(self) -> Self:
@@ -311,7 +325,7 @@ class KeelServer:
             self.process = subprocess.Popen(  # noqa: S603 - fixed command
                 self.command,
                 env=self.env,
-                cwd=self.env["KEEL_DATA_DIR"],
+                cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -330,13 +344,13 @@ class KeelServer:
             if self.process is None or self.process.poll() is not None:
                 break
             try:
-                if httpx.get(self.base_url + "/health", timeout=1.0).status_code == 200:
+                if httpx.get(self.base_url + self.ready_path, timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
-        raise RuntimeError(f"keel serve did not become ready on {self.base_url}:\n{tail}")
+        raise RuntimeError(f"{self.name} did not become ready on {self.base_url}:\n{tail}")
 
     def stop(self) -> None:
         """SIGTERM to the process group, SIGKILL after 15 s."""
@@ -358,6 +372,31 @@ class KeelServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class KeelServer(Server):
+    """`keel serve --workers 1` on a free port, in its own process group, log in a file."""
+
+    name = "keel serve"
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        port = free_port()
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        super().__init__([str(KEEL), *serve], port, env, Path(env["KEEL_DATA_DIR"]), log)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and its children so far (0 for a process gone)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for member in process_tree(pid):
+        try:
+            # Fields after the command name's ")": utime and stime (fields 14 and 15 of stat).
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / ticks
 
 
 def sign_in(client: httpx.Client, email: str) -> str:

@@ -13,11 +13,13 @@
 # Env (defaults):
 #   KEEL_BASELINE_DIR=<repo>/../shared/bench   where run_baseline.sh lives
 #   ROUNDS=3          alternating rounds (baseline, then Keel, per scenario)
-#   SCENARIOS=<all>   space-separated subset of: health
+#   SCENARIOS=<all>   space-separated subset of: health item
 #   PORT=8001         the baseline's port      KEEL_PORT=8002   Keel's port
 #   THREADS=1 CONNS=32 DURATION=10s WARMUP=3s WRK_TIMEOUT=2s   (passed to the baseline's helpers)
 #   PY=<python>       the baseline's python (default: a venv in BENCH_VENV=/tmp/keel-baseline-venv)
-#   BENCH_DSN=postgresql://postgres@127.0.0.1:5432/bench
+#   BENCH_DSN=postgresql://postgres@127.0.0.1:5432/bench   (the baseline's database)
+#   KEEL_BENCH_DB=keel_bench_run   Keel's throwaway database on the same server: made,
+#                     migrated with `keel db upgrade`, dropped at the end however the run ends
 #   BENCH_OUT=<repo>/bench/out/<timestamp>   where results.tsv and summary.txt are written
 #   BENCH_KEEP_LOGS=1  keep Keel's server log (in a temp dir, path printed) after the run
 #   BENCH_STRICT=1     exit 1 when a scenario's median ratio is below its target
@@ -32,6 +34,7 @@ ROUNDS="${ROUNDS:-3}"
 KEEL_PORT="${KEEL_PORT:-8002}"
 BENCH_STRICT="${BENCH_STRICT:-}"
 BENCH_KEEP_LOGS="${BENCH_KEEP_LOGS:-}"
+KEEL_BENCH_DB="${KEEL_BENCH_DB:-keel_bench_run}"
 
 say() { echo "bench: $*" >&2; }
 die() { say "error: $*"; exit 2; }
@@ -43,15 +46,77 @@ die() { say "error: $*"; exit 2; }
 # baseline req/s). Add a scenario: write its function and append its name to ALL_SCENARIOS.
 #
 # measure_pair NAME TARGET BASELINE_APP BASELINE_PATH KEEL_PATH [extra wrk args...]
+#   TARGET is a ratio, or "-" when no target has been set (the figure is only reported).
 #   BASELINE_APP is a module in KEEL_BASELINE_DIR (raw_starlette, fastapi_hello); the
 #   extra wrk args (e.g. -s script.lua, -H 'Authorization: ...') are given to both runs.
 
-ALL_SCENARIOS=(health)
+ALL_SCENARIOS=(health item)
 
 # /health (pre-encoded body, the whole middleware stack) against the floor: raw
 # Starlette answering a constant JSON body.
 scenario_health() {
   measure_pair health 0.7 raw_starlette /json /health
+}
+
+# GET /api/v1/items/{id} (bearer token checked, one SELECT through SQLAlchemy, the item as
+# JSON with its ETag) against raw Starlette's GET /user/{id} (one primary-key SELECT
+# through an asyncpg pool, the row as JSON). Both read one fixed row, so both are served
+# from PostgreSQL's cache: the baseline /user/1 of its 10,000 users, Keel one item of
+# 10,000 owned by the signed-in user. No target has been set: the ratio is reported.
+ITEM_ID=""
+ITEM_TOKEN=""
+ITEM_TOKEN_AT=0
+ITEM_EMAIL="item-reader@bench.example"
+ITEM_PASSWORD="bench passphrase 2026"  # a throwaway account in a throwaway database
+ITEM_TOKEN_MAX_AGE=600  # access tokens last 900 s: a fresh one for a round after 10 minutes
+scenario_item() {
+  ensure_keel
+  [ -n "$ITEM_ID" ] || prepare_item
+  if [ $(($(date +%s) - ITEM_TOKEN_AT)) -ge "$ITEM_TOKEN_MAX_AGE" ]; then
+    keel_sign_in "$ITEM_EMAIL" || die "could not sign $ITEM_EMAIL in"
+  fi
+  measure_pair item - raw_starlette /user/1 "/api/v1/items/$ITEM_ID" \
+    -H "Authorization: Bearer $ITEM_TOKEN"
+}
+
+# keel_sign_in EMAIL: a fresh access token in ITEM_TOKEN (the password grant).
+keel_sign_in() {
+  local answer
+  answer="$(curl -s --max-time 30 -X POST "http://127.0.0.1:$KEEL_PORT/api/v1/auth/token" \
+    --data-urlencode grant_type=password --data-urlencode "username=$1" \
+    --data-urlencode "password=$ITEM_PASSWORD")" || return 1
+  ITEM_TOKEN="$(json_field access_token <<<"$answer")" || { say "sign-in answered: $answer"; return 1; }
+  ITEM_TOKEN_AT="$(date +%s)"
+}
+
+# json_field NAME: the top-level field NAME of the JSON object on stdin.
+json_field() {
+  python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" 2>/dev/null
+}
+
+# prepare_item: a user (keel users create), a token, one item made through the API and
+# 9,999 more of the same user's inserted with SQL (a table the size of the baseline's).
+prepare_item() {
+  local answer owner filler
+  KEEL_BENCH_PASSWORD="$ITEM_PASSWORD" keel_cli users create "$ITEM_EMAIL" \
+    --password-env KEEL_BENCH_PASSWORD >>"$KEEL_LOG" 2>&1 || die "keel users create failed"
+  keel_sign_in "$ITEM_EMAIL" || die "could not sign $ITEM_EMAIL in"
+  answer="$(curl -s --max-time 30 -X POST "http://127.0.0.1:$KEEL_PORT/api/v1/items" \
+    -H "Authorization: Bearer $ITEM_TOKEN" -H 'Content-Type: application/json' \
+    -d '{"title": "Benchmark item", "description": "Read by bench/run.sh", "status": "active", "tags": ["a", "b"]}')"
+  ITEM_ID="$(json_field id <<<"$answer")" || die "could not create an item: $answer"
+  owner="$(json_field owner_id <<<"$answer")" || die "no owner_id in: $answer"
+  [[ "$ITEM_ID" =~ ^[0-9a-f-]{36}$ && "$owner" =~ ^[0-9a-f-]{36}$ ]] || die "odd item: $answer"
+  filler="INSERT INTO items (id, owner_id, title, description, status, tags, version, created_at, updated_at)
+    SELECT gen_random_uuid(), '$owner', 'Item ' || i, 'Filler item ' || i, 'active', '[\"a\"]'::jsonb,
+           1, now() - i * interval '1 second', now() - i * interval '1 second'
+    FROM generate_series(1, 9999) AS i"
+  psql -q -X -v ON_ERROR_STOP=1 "$KEEL_DSN" -c "$filler" -c 'VACUUM ANALYZE items' >/dev/null ||
+    die "could not insert the other items"
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $ITEM_TOKEN" \
+    "http://127.0.0.1:$KEEL_PORT/api/v1/items/$ITEM_ID")" = 200 ] ||
+    die "GET /api/v1/items/$ITEM_ID does not answer 200"
+  say "item scenario: $ITEM_EMAIL reads item $ITEM_ID (10,000 items in $KEEL_BENCH_DB)"
 }
 
 # ---------------------------------------------------------------- preflight
@@ -73,6 +138,9 @@ for tool in curl psql python3; do
 done
 
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+# Only names with this prefix are ever made or dropped, so a typo cannot drop another.
+[[ "$KEEL_BENCH_DB" =~ ^keel_bench_[a-z0-9_]+$ ]] ||
+  die "KEEL_BENCH_DB must be keel_bench_ followed by [a-z0-9_]"
 
 if [ ! -x "$REPO/.venv/bin/keel" ]; then
   say "no .venv yet: setting it up with run.py (pinned uv, uv.lock)"
@@ -100,6 +168,10 @@ TMP="$(mktemp -d /tmp/keel-bench.XXXXXX)"
 KEEL_DATA="$TMP/data"
 KEEL_LOG="$TMP/keel.log"
 mkdir -p "$KEEL_DATA"
+PG_SERVER="${BENCH_DSN%/*}"
+KEEL_DSN="$PG_SERVER/$KEEL_BENCH_DB"
+KEEL_DATABASE_URL="postgresql+asyncpg://${KEEL_DSN#postgresql://}"
+KEEL_DB_MADE=""
 BENCH_OUT="${BENCH_OUT:-$REPO/bench/out/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$BENCH_OUT" || die "cannot write to $BENCH_OUT"
 RESULTS="$BENCH_OUT/results.tsv"
@@ -133,6 +205,14 @@ cleanup() {
   SERVER_PID="$BASE_PID"
   stop_server
   BASE_PID=""
+  if [ -n "$KEEL_DB_MADE" ]; then
+    if pg_admin "DROP DATABASE IF EXISTS $KEEL_BENCH_DB WITH (FORCE)" 2>/dev/null; then
+      say "dropped database $KEEL_BENCH_DB"
+    else
+      say "could not drop $KEEL_BENCH_DB: psql $PG_SERVER/postgres -c 'DROP DATABASE $KEEL_BENCH_DB'"
+    fi
+    KEEL_DB_MADE=""
+  fi
   if [ -n "$BENCH_KEEP_LOGS" ]; then
     say "Keel's log kept in $KEEL_LOG"
   else
@@ -157,13 +237,37 @@ ensure_baseline() {
   BASE_APP="$app"
 }
 
-# start_keel: Keel with one worker, production-style JSON logs to $KEEL_LOG, its own
-# data folder, in its own process group (so the group can be stopped whole).
-start_keel() {
-  port_busy "$KEEL_PORT" && die "port $KEEL_PORT is already in use (set KEEL_PORT)"
+# keel_cli ARGS...: the keel command with the settings `keel serve` gets below.
+keel_cli() {
   (
     cd "$REPO" &&
-      KEEL_DATA_DIR="$KEEL_DATA" KEEL_LOG_FORMAT=json \
+      KEEL_DATABASE_URL="$KEEL_DATABASE_URL" KEEL_DATA_DIR="$KEEL_DATA" KEEL_LOG_FORMAT=json \
+        exec "$REPO/.venv/bin/keel" "$@"
+  ) </dev/null
+}
+
+# pg_admin SQL: one statement in the server's postgres database (notices left out).
+pg_admin() {
+  PGOPTIONS="-c client_min_messages=warning" psql -q -X "$PG_SERVER/postgres" -c "$1" >/dev/null
+}
+
+# Keel's database: made empty (dropped first if a run left it), migrated, dropped at exit.
+prepare_keel_db() {
+  pg_admin "DROP DATABASE IF EXISTS $KEEL_BENCH_DB WITH (FORCE)" &&
+    pg_admin "CREATE DATABASE $KEEL_BENCH_DB" ||
+    die "cannot make the database $KEEL_BENCH_DB on $PG_SERVER"
+  KEEL_DB_MADE=1
+  keel_cli db upgrade >>"$KEEL_LOG" 2>&1 || { tail -n 20 "$KEEL_LOG" >&2; die "keel db upgrade failed"; }
+}
+
+# start_keel: Keel with one worker on its PostgreSQL database, production-style JSON logs
+# to $KEEL_LOG, its own data folder, in its own process group (stopped whole).
+start_keel() {
+  port_busy "$KEEL_PORT" && die "port $KEEL_PORT is already in use (set KEEL_PORT)"
+  [ -n "$KEEL_DB_MADE" ] || prepare_keel_db
+  (
+    cd "$REPO" &&
+      KEEL_DATABASE_URL="$KEEL_DATABASE_URL" KEEL_DATA_DIR="$KEEL_DATA" KEEL_LOG_FORMAT=json \
         exec setsid "$REPO/.venv/bin/keel" serve --host 127.0.0.1 --port "$KEEL_PORT" --workers 1
   ) >>"$KEEL_LOG" 2>&1 </dev/null &
   KEEL_PID=$!
@@ -225,7 +329,7 @@ done
   echo "# baseline: $KEEL_BASELINE_DIR (one uvicorn worker, flags below)"
   print_versions
   keel_versions
-  echo "# keel: keel serve --host 127.0.0.1 --port $KEEL_PORT --workers 1  (KEEL_LOG_FORMAT=json, access log on, to a file)"
+  echo "# keel: keel serve --host 127.0.0.1 --port $KEEL_PORT --workers 1  (KEEL_LOG_FORMAT=json, access log on, to a file; PostgreSQL database $KEEL_BENCH_DB, no Redis)"
   echo "# rounds: $ROUNDS  scenarios: ${selected[*]}"
 } | tee "$BENCH_OUT/summary.txt"
 
@@ -263,7 +367,7 @@ below = False
 print("\n## ratios (Keel / baseline; req/s higher is better, latencies lower is better)")
 for line in open(pairs_path):
     name, target, base_app, base_ep, keel_ep = line.rstrip("\n").split("\t")
-    target = float(target)
+    target = None if target == "-" else float(target)
     print(f"\n### {name}: keel {keel_ep} vs {base_app} {base_ep}")
     print(f"{'round':<8} {'base req/s':>11} {'keel req/s':>11} {'base p50':>9} {'keel p50':>9} "
           f"{'base p99':>9} {'keel p99':>9} {'rps ratio':>10} {'p50 ratio':>10} {'p99 ratio':>10}")
@@ -293,12 +397,15 @@ for line in open(pairs_path):
     med = statistics.median(rps_ratios)
     med_p50 = statistics.median(p50_ratios) if p50_ratios else float("nan")
     med_p99 = statistics.median(p99_ratios) if p99_ratios else float("nan")
-    verdict = "meets target" if med >= target else "BELOW target"
+    if target is None:
+        verdict = "no target set"
+    else:
+        verdict = f"target >= {target:g}, " + ("meets target" if med >= target else "BELOW target")
     print(f"ratio {keel_ep.split()[-1]} vs {base_app.split('_')[0]} {base_ep.split()[-1]}: "
-          f"{med:.2f} (target >= {target:g}, {verdict}; median of {len(rps_ratios)} rounds, "
+          f"{med:.2f} ({verdict}; median of {len(rps_ratios)} rounds, "
           f"range {min(rps_ratios):.2f}-{max(rps_ratios):.2f}); "
           f"latency ratios (lower is better): p50 {med_p50:.2f}, p99 {med_p99:.2f}")
-    below = below or med < target
+    below = below or (target is not None and med < target)
 sys.exit(1 if (below and strict) else 0)
 EOF
 status=$?
