@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,19 @@ def test_dramatiq_jobs_without_redis_are_refused(
     result = runner.invoke(app, ["worker"])
     assert result.exit_code == 2
     assert "KEEL_JOBS_BACKEND=dramatiq needs KEEL_REDIS_URL" in result.output
+
+
+def test_worker_says_which_setting_frees_a_taken_metrics_port(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Nothing listens on port 1: the worker must stop at the metrics port, before Redis.
+        monkeypatch.setenv("KEEL_REDIS_URL", "redis://127.0.0.1:1/0")
+        monkeypatch.setenv("KEEL_JOBS_WORKER_METRICS_PORT", str(port))
+        result = runner.invoke(app, ["worker"])
+    assert result.exit_code == 2
+    assert f"cannot serve worker metrics on 127.0.0.1:{port}" in result.output
+    assert "KEEL_JOBS_WORKER_METRICS_PORT" in result.output

@@ -162,7 +162,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run background jobs from the Redis queue (Dramatiq) until SIGTERM."""
-    from keel.core.jobs.worker import run_worker
+    from keel.core.jobs.worker import WorkerStartError, run_worker
     from keel.core.logging import configure_logging
     from keel.jobs import JOBS, PERIODIC
 
@@ -183,7 +183,10 @@ def worker(
     except UnsafeSettingsError as exc:
         _fail(exc.problems)
     configure_logging(settings)
-    run_worker(settings, JOBS, PERIODIC, threads=threads or settings.jobs.concurrency)
+    try:
+        run_worker(settings, JOBS, PERIODIC, threads=threads or settings.jobs.concurrency)
+    except WorkerStartError as exc:
+        _fail([str(exc)])
 
 
 @app.command()

@@ -36,6 +36,10 @@ from keel.core.metrics import Metrics
 log = structlog.get_logger("keel.worker")
 
 
+class WorkerStartError(Exception):
+    """The worker cannot start; the message says what to change."""
+
+
 class WorkerLifecycle(Middleware):
     """Opens the job context on the jobs' event loop, runs the schedule, closes both.
 
@@ -131,7 +135,13 @@ def run_worker(
     broker, _queue = build_worker_broker(settings, jobs, periodic, metrics)
     port = settings.jobs.worker_metrics_port
     if port:
-        start_http_server(port, addr=settings.server.host, registry=metrics.export_registry())
+        try:
+            start_http_server(port, addr=settings.server.host, registry=metrics.export_registry())
+        except OSError as exc:
+            raise WorkerStartError(
+                f"cannot serve worker metrics on {settings.server.host}:{port} ({exc.strerror}): "
+                "set KEEL_JOBS_WORKER_METRICS_PORT to a free port, or 0 for none."
+            ) from exc
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
