@@ -22,6 +22,9 @@ class DatabaseSettings(BaseModel):
     pool_size: int = Field(default=10, ge=1)
     max_overflow: int = Field(default=10, ge=0)
     pool_timeout: float = Field(default=5.0, gt=0)
+    # A pooled connection idle longer than this is pinged before use (a restart or an
+    # idle-killing proxy may have closed it); busier ones are used as they are.
+    ping_after_idle_seconds: float = Field(default=10.0, ge=0)
     echo: bool = False
 
 

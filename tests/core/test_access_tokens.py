@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keel.config import Settings
-from keel.core.security import keys
+from keel.core.security import access_tokens, keys
 from keel.core.security.access_tokens import AccessTokens, InvalidAccessToken
 from keel.core.security.keys import KeyRing, thumbprint
 from tests.conftest import SettingsFactory
@@ -331,3 +331,29 @@ async def test_configured_keys_sign_with_the_first_and_verify_with_all(
     assert current.verify(old_token).session_id == SESSION
     dropped = make_settings(data_dir=tmp_path, auth={"signing_key_files": files[:1]})
     assert refused(AccessTokens(KeyRing.load(dropped), dropped), old_token) == "unknown key"
+
+
+async def test_signatures_are_checked_once_per_token_and_the_cache_is_bounded(
+    tokens: AccessTokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(access_tokens, "VERIFIED_CACHE_SIZE", 3)
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    issued = [tokens.issue(USER, SESSION, "user")[0] for _ in range(4)]
+    for _ in range(3):
+        assert tokens.verify(issued[0]).user_id == USER
+    assert decoded == [issued[0]]
+    # A token differing by one character is another token: its signature is checked.
+    spoiled = issued[0][:-2] + ("A" if issued[0][-2] != "A" else "B") + issued[0][-1]
+    assert refused(tokens, spoiled) == "bad signature"
+    for token in issued[1:]:
+        tokens.verify(token)
+    assert len(tokens._verified) == 3  # the oldest was let go
+    tokens.verify(issued[0])
+    assert decoded.count(issued[0]) == 2

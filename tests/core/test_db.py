@@ -7,13 +7,20 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 
+import asyncpg
+import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import Column, MetaData, Table, Uuid, insert, select, text
+from sqlalchemy.engine import make_url
 
 from keel.core.db import after_commit, after_rollback, commit, rollback
 from keel.core.ids import uuid7
+from keel.main import create_app
 from keel.models import Base, UTCDateTime
+from tests.conftest import SettingsFactory
+from tests.factories.users import signed_in
+from tests.support.apps import client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +115,26 @@ async def test_after_commit_and_after_rollback_run_only_on_their_outcome(
         await rollback(session)
     assert ran == ["committed", "rolled back"]
     assert "transaction_callback_failed" in capsys.readouterr().out
+
+
+async def test_a_pooled_connection_lost_while_idle_is_replaced_unnoticed(
+    make_settings: SettingsFactory, migrated_database: str, client: httpx.AsyncClient
+) -> None:
+    settings = make_settings(database={"url": migrated_database, "ping_after_idle_seconds": 0})
+    if make_url(settings.database_url).get_backend_name() != "postgresql":
+        pytest.skip("needs PostgreSQL: set KEEL_TEST_DATABASE_URL")
+    app = create_app(settings)
+    async with client_for(app) as http:
+        me = await signed_in(app, http)
+        assert (await http.get("/api/v1/users/me", headers=me.headers)).status_code == 200
+        # The server ends the pool's connection (a restart, a proxy's idle timeout).
+        async with app.state.resources.engine.connect() as connection:
+            pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        url = make_url(settings.database_url).set(drivername="postgresql")
+        side = await asyncpg.connect(url.render_as_string(hide_password=False))
+        try:
+            assert await side.fetchval("SELECT pg_terminate_backend($1)", pid) is True
+        finally:
+            await side.close()
+        # The ping finds the dead connection before the request uses it.
+        assert (await http.get("/api/v1/users/me", headers=me.headers)).status_code == 200

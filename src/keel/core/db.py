@@ -8,6 +8,7 @@ the commit has succeeded.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ import structlog
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,6 +29,8 @@ from keel.config import Settings
 AfterCommit = Callable[[], Awaitable[None]]
 _AFTER_COMMIT_KEY = "keel.after_commit"
 _AFTER_ROLLBACK_KEY = "keel.after_rollback"
+_IDLE_SINCE_KEY = "keel.idle_since"
+_READS = frozenset({"GET", "HEAD"})
 
 log = structlog.get_logger("keel.db")
 
@@ -35,15 +39,43 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
         return _create_sqlite_engine(settings)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.database.pool_size,
         max_overflow=settings.database.max_overflow,
         pool_timeout=settings.database.pool_timeout,
-        pool_pre_ping=True,
         echo=settings.database.echo,
         connect_args={"timeout": settings.database.pool_timeout},
     )
+    _ping_after_idle(engine, settings.database.ping_after_idle_seconds)
+    return engine
+
+
+def _ping_after_idle(engine: AsyncEngine, idle_seconds: float) -> None:
+    """Ping a pooled connection before use only when it has sat idle for a while.
+
+    SQLAlchemy's pool_pre_ping pings on every checkout: with asyncpg that is BEGIN, a
+    statement and ROLLBACK, three round trips before each request's own work. A busy
+    connection was just used successfully; one idle past `idle_seconds` is where a
+    database restart or a proxy's idle timeout hides, and is checked. A failed ping
+    makes the pool drop the connection and take another (DisconnectionError).
+    """
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(pool, "checkin")
+    def _idle_from_now(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE_KEY] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE_KEY)
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("pooled connection failed its ping") from exc
 
 
 def _create_sqlite_engine(settings: Settings) -> AsyncEngine:
@@ -113,6 +145,12 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.resources.sessionmaker
     async with sessionmaker() as session:
         try:
+            if request.method in _READS and sessionmaker.kw["bind"].dialect.name == "postgresql":
+                # A read runs its statements as they come, without BEGIN and COMMIT: two
+                # round trips saved, and under READ COMMITTED each statement sees the
+                # same as it would inside a transaction. (A write a GET may make, such as
+                # an API key's last_used_at, commits at once.)
+                await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             yield session
             await commit(session)
         except BaseException:

@@ -25,6 +25,8 @@ TOKEN_TYPES = {"at+jwt", "application/at+jwt"}  # RFC 9068 §2.1; media types ig
 LEEWAY_SECONDS = 10
 # Ours are about 500 characters; anything far larger is not worth parsing.
 MAX_TOKEN_CHARS = 4096
+# Tokens whose signature was checked, kept per process (a few MB at most).
+VERIFIED_CACHE_SIZE = 4096
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "sid", "exp", "iat", "jti", "role"]
 
 
@@ -53,6 +55,8 @@ class AccessTokens:
         self._audience = settings.auth.audience
         self.ttl_seconds = settings.auth.access_token_ttl_seconds
         self._now = now
+        # Signature-checked claims by token (insertion order: the first is the oldest).
+        self._verified: dict[str, dict[str, Any]] = {}
 
     def issue(self, user_id: UUID, session_id: UUID, role: str) -> tuple[str, int]:
         """A signed token and its lifetime in seconds (the token endpoint's `expires_in`)."""
@@ -75,6 +79,17 @@ class AccessTokens:
     def verify(self, token: str) -> AccessClaims:
         if len(token) > MAX_TOKEN_CHARS:
             raise InvalidAccessToken("too long")
+        # A token's signature is checked once (an ES256 verification is ~150 us); its
+        # times are checked on every use, and revocation is the caller's, every time.
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify_signed(token)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))  # the oldest entry
+            self._verified[token] = claims
+        return self._claims(claims)
+
+    def _verify_signed(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -116,7 +131,7 @@ class AccessTokens:
             raise InvalidAccessToken(f"missing claim {exc.claim}") from None
         except jwt.PyJWTError:
             raise InvalidAccessToken("malformed") from None
-        return self._claims(claims)
+        return claims
 
     def _claims(self, claims: dict[str, Any]) -> AccessClaims:
         now = self._now().timestamp()
