@@ -14,24 +14,14 @@ from fastapi import FastAPI
 from keel.models import Role
 from tests.factories.items import make_items
 from tests.factories.users import SignedIn, signed_in
-from tests.items.test_items import ITEMS, create, detail_locs
+from tests.items.test_items import ITEM_FIELD_ORDER, ITEMS, create, detail_locs
 from tests.items.test_listing import sort_key, walk
 from tests.support.assertions import assert_error
 
 pytestmark = pytest.mark.anyio
 
 EXPORT = f"{ITEMS}/export"
-COLUMNS = [
-    "id",
-    "owner_id",
-    "title",
-    "description",
-    "status",
-    "tags",
-    "version",
-    "created_at",
-    "updated_at",
-]
+COLUMNS = ITEM_FIELD_ORDER
 
 
 async def export(client: httpx.AsyncClient, who: SignedIn, **params: Any) -> httpx.Response:

@@ -19,7 +19,8 @@ from tests.users.test_me import create_api_key
 pytestmark = pytest.mark.anyio
 
 ITEMS = "/api/v1/items"
-ITEM_FIELDS = {
+# API.md's Item fields, in its order (the export's columns).
+ITEM_FIELD_ORDER = [
     "id",
     "owner_id",
     "title",
@@ -29,7 +30,8 @@ ITEM_FIELDS = {
     "version",
     "created_at",
     "updated_at",
-}
+]
+ITEM_FIELDS = set(ITEM_FIELD_ORDER)
 
 
 def url(item_id: object) -> str:

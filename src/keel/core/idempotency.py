@@ -6,7 +6,7 @@
         if idempotency.replay is not None:
             return idempotency.replay
         ...
-        await idempotency.save(session, 201, body, headers)
+        await idempotency.save(session, response)
 
 The key is claimed in a transaction of its own before the endpoint runs: a unique
 (user, scope, key) row, in flight. The first request stores its response in that row in
@@ -24,7 +24,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
@@ -51,6 +51,8 @@ RETENTION = timedelta(hours=24)
 IN_FLIGHT_TIMEOUT = timedelta(minutes=1)
 _KEY = re.compile(r"[!-~]{1,255}")
 REPLAYED_HEADER = "Idempotent-Replayed"
+# Headers a replay writes afresh rather than copying from the stored response.
+_REPLAY_SETS_ITSELF = frozenset({"content-length", "content-type"})
 
 
 class IdempotencyKeyReused(AppError):
@@ -67,19 +69,27 @@ class IdempotentRequest:
 
     record_id: uuid.UUID | None = None
     replay: Response | None = None
-    saved: bool = field(default=False)
+    saved: bool = False
 
-    async def save(
-        self, session: AsyncSession, status_code: int, body: bytes, headers: dict[str, str]
-    ) -> None:
-        """Store the response in the request's transaction (nothing to do without a key).
-        Call it last, once the response is settled: it locks the record until commit."""
+    async def save(self, session: AsyncSession, response: Response) -> None:
+        """Store `response` (its status, body and own headers) in the request's
+        transaction; nothing to do without a key. Call it last, once the response is
+        settled: it locks the record until commit."""
         if self.record_id is None:
             return
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in _REPLAY_SETS_ITSELF
+        }
         await session.execute(
             update(IdempotencyRecord)
             .where(IdempotencyRecord.id == self.record_id)
-            .values(status_code=status_code, response_body=body.decode(), response_headers=headers)
+            .values(
+                status_code=response.status_code,
+                response_body=bytes(response.body).decode(),
+                response_headers=headers,
+            )
             .execution_options(synchronize_session=False)
         )
         self.saved = True

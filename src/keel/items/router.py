@@ -83,8 +83,7 @@ async def create_item(
         return idempotency.replay
     item = await service.create(resources_of(request), session, principal, body)
     response = _item_response(item, 201, Location=f"{PREFIX}/{item.id}")
-    headers = {"ETag": response.headers["etag"], "Location": response.headers["location"]}
-    await idempotency.save(session, 201, bytes(response.body), headers)
+    await idempotency.save(session, response)
     return response
 
 

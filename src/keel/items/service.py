@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.deps import Principal
 from keel.core.conditional import IfMatch
-from keel.core.errors import Forbidden, NotFound, PreconditionFailed
+from keel.core.errors import AppError, Forbidden, NotFound, PreconditionFailed
 from keel.core.resources import Resources
 from keel.items import events, repository
 from keel.items.schemas import ItemWrite
@@ -48,12 +48,12 @@ def _write_conditions(principal: Principal, item_id: uuid.UUID, precondition: If
     return conditions
 
 
-async def _why_not(session: AsyncSession, principal: Principal, item_id: uuid.UUID) -> None:
-    """Nothing matched a write: say why, in the order a client can act on."""
+async def _refusal(session: AsyncSession, principal: Principal, item_id: uuid.UUID) -> AppError:
+    """Nothing matched a write: the error that says why, in the order a client can act on."""
     item = await get(session, principal, item_id)  # 404 when the caller cannot see it
     if not repository.writable_by(principal) or item.owner_id == principal.user_id:
-        raise PreconditionFailed("The item has changed: fetch it again")
-    raise Forbidden("Only the owner or an admin may change this item")
+        return PreconditionFailed("The item has changed: fetch it again")
+    return Forbidden("Only the owner or an admin may change this item")
 
 
 async def change(
@@ -74,8 +74,7 @@ async def change(
     )
     item = (await session.scalars(statement)).one_or_none()
     if item is None:
-        await _why_not(session, principal, item_id)
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise await _refusal(session, principal, item_id)
     events.publish_after_commit(session, resources.broker, "item.updated", item)
     return item
 
@@ -95,6 +94,5 @@ async def remove(
     )
     item = (await session.scalars(statement)).one_or_none()
     if item is None:
-        await _why_not(session, principal, item_id)
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise await _refusal(session, principal, item_id)
     events.publish_after_commit(session, resources.broker, "item.deleted", item)

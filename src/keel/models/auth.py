@@ -6,10 +6,10 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Enum, ForeignKey, Index, String, Uuid
+from sqlalchemy import ForeignKey, Index, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keel.models.base import Base, UTCDateTime, UUIDPrimaryKey, enum_values, utcnow
+from keel.models.base import Base, UTCDateTime, UUIDPrimaryKey, utcnow, value_enum
 
 
 class AuthSession(UUIDPrimaryKey, Base):
@@ -57,13 +57,7 @@ class OneTimeToken(UUIDPrimaryKey, Base):
 
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"))
     purpose: Mapped[OneTimePurpose] = mapped_column(
-        Enum(
-            OneTimePurpose,
-            name="one_time_purpose",
-            native_enum=False,
-            length=32,
-            values_callable=enum_values,
-        )
+        value_enum(OneTimePurpose, "one_time_purpose", 32)
     )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # The address a verification token verifies: a later e-mail change voids it.

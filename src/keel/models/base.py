@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, MetaData, TypeDecorator, Uuid, func
+from sqlalchemy import DateTime, Enum, MetaData, TypeDecorator, Uuid, func
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -51,6 +51,19 @@ class UTCDateTime(TypeDecorator[datetime]):
 def enum_values(enum_class: type[enum.Enum]) -> list[str]:
     """Store an enum's values ("admin"), not its member names ("ADMIN")."""
     return [str(member.value) for member in enum_class]
+
+
+def value_enum(enum_class: type[enum.Enum], name: str, length: int) -> Enum:
+    """An enum column kept as its values in a VARCHAR on every backend: no native enum
+    type, so a new member needs no ALTER TYPE."""
+    return Enum(
+        enum_class,
+        name=name,
+        native_enum=False,
+        length=length,
+        validate_strings=True,
+        values_callable=enum_values,
+    )
 
 
 def utcnow() -> datetime:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 import uuid
 
-from sqlalchemy import JSON, Enum, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keel.models.base import Base, Timestamps, UUIDPrimaryKey, enum_values
+from keel.models.base import Base, Timestamps, UUIDPrimaryKey, value_enum
 
 
 class ItemStatus(enum.StrEnum):
@@ -45,13 +45,7 @@ class Item(UUIDPrimaryKey, Timestamps, Base):
     title: Mapped[str] = mapped_column(String(200), nullable=False)
     description: Mapped[str] = mapped_column(Text, nullable=False, default="")
     status: Mapped[ItemStatus] = mapped_column(
-        Enum(
-            ItemStatus,
-            name="item_status",
-            native_enum=False,
-            length=16,
-            values_callable=enum_values,
-        ),
+        value_enum(ItemStatus, "item_status", 16),
         nullable=False,
         default=ItemStatus.DRAFT,
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, Enum, String, true
+from sqlalchemy import Boolean, String, true
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keel.models.base import Base, Timestamps, UTCDateTime, UUIDPrimaryKey, enum_values
+from keel.models.base import Base, Timestamps, UTCDateTime, UUIDPrimaryKey, value_enum
 
 
 class Role(enum.StrEnum):
@@ -26,14 +26,7 @@ class User(UUIDPrimaryKey, Timestamps, Base):
     hashed_password: Mapped[str] = mapped_column(String(255))
     full_name: Mapped[str | None] = mapped_column(String(200))
     role: Mapped[Role] = mapped_column(
-        Enum(
-            Role,
-            name="user_role",
-            native_enum=False,
-            length=16,
-            validate_strings=True,
-            values_callable=enum_values,
-        ),
+        value_enum(Role, "user_role", 16),
         default=Role.USER,
         index=True,
     )
