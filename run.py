@@ -58,6 +58,7 @@ def check(uv: str) -> int:
         ("format", ["ruff", "format", "--check", "."]),
         ("lint", ["ruff", "check", "."]),
         ("types", ["mypy"]),
+        ("layers", ["lint-imports", "--no-cache"]),
     ]
     for name, command in gates:
         say(f"gate: {name}")

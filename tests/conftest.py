@@ -159,7 +159,7 @@ async def _forget_redis_keys(app: FastAPI) -> None:
 @pytest.fixture
 def count_queries(app: FastAPI, client: httpx.AsyncClient) -> Iterator[StatementCounter]:
     """Counts every SQL statement the app runs from here on (reset() between phases)."""
-    with counting_statements(app.state.resources.engine) as counter:
+    with counting_statements(app.state.resources.database) as counter:
         yield counter
 
 

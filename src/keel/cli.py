@@ -332,7 +332,7 @@ def create_user(
 ) -> None:
     """Create an account (verified); prompts for its password unless --password-env."""
     from keel.auth.service import create_user as create
-    from keel.core.db import create_sessionmaker
+    from keel.core.db import Database
     from keel.core.errors import AppError
     from keel.core.security.passwords import PasswordHasher
     from keel.models import Role
@@ -347,18 +347,18 @@ def create_user(
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
 
     async def work(engine: AsyncEngine) -> str:
-        async with create_sessionmaker(engine)() as session:
+        database = Database(engine, None, settings.database.pool_timeout)
+        async with database.transaction() as db:
             user = await create(
+                db,
                 PasswordHasher(settings.auth),
-                session,
                 email=email,
                 password=password,
                 full_name=full_name,
                 role=Role.ADMIN if admin else Role.USER,
                 is_verified=True,
             )
-            await session.commit()
-            return str(user.id)
+        return str(user["id"])
 
     try:
         user_id = _with_engine(settings, work)

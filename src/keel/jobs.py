@@ -9,8 +9,8 @@ from typing import Any
 
 from keel.auth import jobs as auth_jobs
 from keel.config import Settings
-from keel.core import idempotency
 from keel.core.jobs import Job, Periodic
+from keel.idempotency import purge_expired_records
 
 
 def _purge_interval(settings: Settings) -> float:
@@ -18,8 +18,7 @@ def _purge_interval(settings: Settings) -> float:
 
 
 PERIODIC: tuple[Periodic, ...] = tuple(
-    Periodic(purge, _purge_interval)
-    for purge in (*auth_jobs.PURGE_JOBS, idempotency.purge_expired_records)
+    Periodic(purge, _purge_interval) for purge in (*auth_jobs.PURGE_JOBS, purge_expired_records)
 )
 
 JOBS: tuple[Job[Any], ...] = (*auth_jobs.JOBS, *(entry.job for entry in PERIODIC))

@@ -30,10 +30,10 @@ from keel.core.middleware.observability import ObservabilityMiddleware
 from keel.core.middleware.security_headers import SecurityHeadersMiddleware
 from keel.core.middleware.unhandled import UnhandledErrorMiddleware
 from keel.core.ratelimit import RateLimitHeadersMiddleware
-from keel.core.resources import open_resources
 from keel.health.router import router as health_router
 from keel.items.router import router as items_router
 from keel.jobs import JOBS, PERIODIC
+from keel.resources import open_resources
 from keel.users.router import router as users_router
 
 API_PREFIX = "/api/v1"
@@ -68,9 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_resources(settings, metrics, JOBS, PERIODIC) as resources:
-            app.state.resources = resources
+            resources.install(app)
             await resources.revocations.load()
-            await ensure_first_admin(resources)
+            await ensure_first_admin(resources.database, resources.passwords, settings)
             yield
 
     openapi_url = "/openapi.json" if settings.show_docs else None

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from sqlalchemy import update
 
 from keel.auth.revocation import InProcessRevocations, RedisRevocations
-from keel.core.resources import Resources
+from keel.resources import Resources
 from keel.models import AuthSession
 from keel.models.base import utcnow
 from tests.factories.users import signed_in
@@ -45,7 +45,7 @@ async def test_in_process_cache_remembers_ended_sessions_after_a_restart(
     resources: Resources = app.state.resources
     live, ended = await _sid(app, client), await _sid(app, client)
     await _end_in_database(resources, ended)
-    restarted = InProcessRevocations(resources.sessionmaker, TTL)
+    restarted = InProcessRevocations(resources.database, TTL)
     await restarted.load()
     assert await restarted.is_revoked(ended)
     assert not await restarted.is_revoked(live)
@@ -63,7 +63,7 @@ async def test_sessions_ended_longer_ago_than_a_token_lives_are_forgotten(
             .values(ended_at=utcnow() - timedelta(seconds=TTL + 60))
         )
         await session.commit()
-    restarted = InProcessRevocations(resources.sessionmaker, TTL)
+    restarted = InProcessRevocations(resources.database, TTL)
     await restarted.load()
     # No token issued before the end can still be alive, so nothing needs remembering.
     assert not await restarted.is_revoked(sid)
@@ -76,7 +76,7 @@ async def test_in_process_cache_that_could_not_load_loads_on_first_check(
     live, ended = await _sid(app, client), await _sid(app, client)
     await _end_in_database(resources, ended)
     # As after a start-up while the database was down: load() never ran (or failed).
-    unloaded = InProcessRevocations(resources.sessionmaker, TTL)
+    unloaded = InProcessRevocations(resources.database, TTL)
     assert await unloaded.is_revoked(ended)
     assert not await unloaded.is_revoked(live)
 
@@ -93,8 +93,8 @@ async def test_redis_revocation_reaches_another_process(
 ) -> None:
     resources: Resources = app.state.resources
     prefix = f"{redis_prefix}rev-{uuid.uuid4().hex[:6]}:"
-    one = RedisRevocations(redis_client, prefix, resources.sessionmaker, TTL)
-    other = RedisRevocations(redis_client, prefix, resources.sessionmaker, TTL)
+    one = RedisRevocations(redis_client, prefix, resources.database, TTL)
+    other = RedisRevocations(redis_client, prefix, resources.database, TTL)
     await one.load()
     sid = await _sid(app, client)
     assert not await other.is_revoked(sid)
@@ -108,7 +108,7 @@ async def test_redis_that_lost_its_data_is_reloaded_from_the_database(
 ) -> None:
     resources: Resources = app.state.resources
     prefix = f"{redis_prefix}rev-{uuid.uuid4().hex[:6]}:"
-    revocations = RedisRevocations(redis_client, prefix, resources.sessionmaker, TTL)
+    revocations = RedisRevocations(redis_client, prefix, resources.database, TTL)
     await revocations.load()
     sid = await _sid(app, client)
     await _end_in_database(resources, sid)
@@ -127,7 +127,7 @@ async def test_unreachable_redis_falls_back_to_the_database(
     await _end_in_database(resources, ended)
     down = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
     try:
-        revocations = RedisRevocations(down, "x:", resources.sessionmaker, TTL)
+        revocations = RedisRevocations(down, "x:", resources.database, TTL)
         assert await revocations.is_revoked(ended)
         assert not await revocations.is_revoked(live)
     finally:

@@ -14,7 +14,6 @@ from fastapi import FastAPI
 from sqlalchemy import Column, MetaData, Table, Uuid, insert, select, text
 from sqlalchemy.engine import make_url
 
-from keel.core.db import after_commit, after_rollback, commit, rollback
 from keel.core.ids import uuid7
 from keel.main import create_app
 from keel.models import Base, UTCDateTime
@@ -103,16 +102,16 @@ async def test_after_commit_and_after_rollback_run_only_on_their_outcome(
     async def fails() -> None:
         raise ConnectionError("redis away")
 
-    sessionmaker = app.state.resources.sessionmaker
-    async with sessionmaker() as session:
-        after_commit(session, fails)  # a failing follow-up neither stops the next...
-        after_commit(session, note("committed"))
-        after_rollback(session, note("not rolled back"))
-        await commit(session)  # ...nor raises here
-    async with sessionmaker() as session:
-        after_commit(session, note("not committed"))
-        after_rollback(session, note("rolled back"))
-        await rollback(session)
+    database = app.state.resources.database
+    unit = database.unit(write=True)
+    unit.after_commit(fails)  # a failing follow-up neither stops the next...
+    unit.after_commit(note("committed"))
+    unit.after_rollback(note("not rolled back"))
+    await unit.commit()  # ...nor raises here
+    unit = database.unit(write=True)
+    unit.after_commit(note("not committed"))
+    unit.after_rollback(note("rolled back"))
+    await unit.rollback()
     assert ran == ["committed", "rolled back"]
     assert "transaction_callback_failed" in capsys.readouterr().out
 
@@ -128,8 +127,9 @@ async def test_a_pooled_connection_lost_while_idle_is_replaced_unnoticed(
         me = await signed_in(app, http)
         assert (await http.get("/api/v1/users/me", headers=me.headers)).status_code == 200
         # The server ends the pool's connection (a restart, a proxy's idle timeout).
-        async with app.state.resources.engine.connect() as connection:
-            pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        database = app.state.resources.database
+        async with database.transaction(write=False) as unit:
+            pid = await unit.value(text("SELECT pg_backend_pid()"))
         url = make_url(settings.database_url).set(drivername="postgresql")
         side = await asyncpg.connect(url.render_as_string(hide_password=False))
         try:

@@ -22,7 +22,6 @@ from sqlalchemy import text
 
 from keel.auth.jobs import send_password_changed
 from keel.config import Settings
-from keel.core.db import commit, rollback
 from keel.core.jobs import Job, JobContext, JobOutcomes, enqueue_after_commit, job
 from keel.core.jobs.redis_queue import DramatiqQueue, create_broker, dead_letter_key
 from keel.core.jobs.worker import build_worker_broker, start_worker
@@ -173,13 +172,13 @@ async def test_a_job_enqueued_in_a_rolled_back_transaction_is_never_sent(
         resources = app.state.resources
         queue = resources.jobs
         assert isinstance(queue, DramatiqQueue)
-        async with resources.sessionmaker() as session:
-            enqueue_after_commit(session, queue, send_password_changed.call(email="a@x.test"))
-            await rollback(session)
+        unit = resources.database.unit(write=True)
+        enqueue_after_commit(unit, queue, send_password_changed.call(email="a@x.test"))
+        await unit.rollback()
         assert client.hlen(messages) == 0
-        async with resources.sessionmaker() as session:
-            enqueue_after_commit(session, queue, send_password_changed.call(email="b@x.test"))
-            await commit(session)
+        unit = resources.database.unit(write=True)
+        enqueue_after_commit(unit, queue, send_password_changed.call(email="b@x.test"))
+        await unit.commit()
     stored = [json.loads(body) for body in client.hvals(messages)]
     client.close()
     assert [(m["actor_name"], m["kwargs"]) for m in stored] == [

@@ -11,12 +11,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from keel.core.db import commit, rollback
 from keel.core.jobs import JobContext, JobOutcomes, Periodic, RetryPolicy, enqueue_after_commit, job
 from keel.core.jobs.inprocess import InProcessRunner
 from keel.core.jobs.schedule import run_schedule
 from keel.core.metrics import Metrics
-from keel.core.resources import Resources
+from keel.resources import Resources
 from tests.conftest import SettingsFactory
 
 pytestmark = pytest.mark.anyio
@@ -130,13 +129,13 @@ async def test_a_job_enqueued_in_a_rolled_back_transaction_never_runs(
 
     noted = job("test.note")(note)
     resources: Resources = app.state.resources
-    async with resources.sessionmaker() as session:
-        enqueue_after_commit(session, resources.jobs, noted.call(what="rolled back"))
-        await rollback(session)
-    async with resources.sessionmaker() as session:
-        enqueue_after_commit(session, resources.jobs, noted.call(what="committed"))
-        assert ran == []  # not before the commit either
-        await commit(session)
+    unit = resources.database.unit(write=True)
+    enqueue_after_commit(unit, resources.jobs, noted.call(what="rolled back"))
+    await unit.rollback()
+    unit = resources.database.unit(write=True)
+    enqueue_after_commit(unit, resources.jobs, noted.call(what="committed"))
+    assert ran == []  # not before the commit either
+    await unit.commit()
     await runner_of(app).join()
     assert ran == ["committed"]
 

@@ -222,10 +222,10 @@ def test_storage_uri(url: str, uri: str) -> None:
     assert _storage_uri(url) == uri
 
 
-def test_rate_limiter_comes_from_the_app_resources() -> None:
+async def test_rate_limiter_comes_from_the_app_resources() -> None:
     limiter = RateLimiter(MemoryStorage())
-    app = SimpleNamespace(state=SimpleNamespace(resources=SimpleNamespace(limiter=limiter)))
-    assert get_rate_limiter(cast("Request", SimpleNamespace(app=app))) is limiter
+    app = SimpleNamespace(state=SimpleNamespace(limiter=limiter))
+    assert await get_rate_limiter(cast("Request", SimpleNamespace(app=app))) is limiter
 
 
 # --- Redis: shared between workers, namespaced, and failing closed ----------------------

@@ -9,7 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from keel.auth.service import create_user
-from keel.core.resources import Resources
+from keel.resources import Resources
 from keel.models import Role, User
 
 DEFAULT_PASSWORD = "correct horse battery staple"
@@ -31,10 +31,10 @@ async def make_user(
     full_name: str | None = None,
 ) -> User:
     resources: Resources = app.state.resources
-    async with resources.sessionmaker() as session:
-        user = await create_user(
+    async with resources.database.transaction() as db:
+        row = await create_user(
+            db,
             resources.passwords,
-            session,
             email=email or unique_email(role.value),
             password=password,
             full_name=full_name,
@@ -42,8 +42,8 @@ async def make_user(
             is_active=is_active,
             is_verified=is_verified,
         )
-        await session.commit()
-        return user
+    # A detached model, so tests read it by attribute as before.
+    return User(**row)
 
 
 @dataclass

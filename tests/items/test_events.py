@@ -12,7 +12,6 @@ from fastapi import FastAPI
 
 from keel.auth.deps import Principal
 from keel.core.broker import Subscription
-from keel.core.db import rollback
 from keel.items import service
 from keel.items.schemas import ItemWrite
 from tests.factories.users import signed_in
@@ -70,9 +69,9 @@ async def test_a_rolled_back_change_publishes_nothing(
     me = await signed_in(app, client)
     resources = app.state.resources
     async with resources.broker.subscribe("items") as events:
-        async with resources.sessionmaker() as session:
-            await service.create(
-                resources, session, Principal(me.user.id, me.user.role), ItemWrite(title="never")
-            )
-            await rollback(session)
+        db = resources.database.unit(write=True)
+        await service.create(
+            db, resources.broker, Principal(me.user.id, me.user.role), ItemWrite(title="never")
+        )
+        await db.rollback()
         await assert_quiet(events)

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
 
-from keel.core.idempotency import IN_FLIGHT_TIMEOUT, claim, purge_expired_records, request_hash
+from keel.idempotency import IN_FLIGHT_TIMEOUT, claim, purge_expired_records, request_hash
 from keel.core.jobs.inprocess import InProcessRunner
 from keel.items import events
 from keel.models import IdempotencyRecord, Item
@@ -74,7 +74,7 @@ async def test_a_key_still_in_flight_is_409(app: FastAPI, client: httpx.AsyncCli
     body = {"title": "slow"}
     # The first request has claimed the key and not finished.
     state = await claim(
-        app.state.resources.sessionmaker,
+        app.state.resources.database,
         me.user.id,
         SCOPE,
         "busy",
@@ -94,7 +94,7 @@ async def test_a_claim_left_by_a_dead_request_is_taken_over(
     me = await signed_in(app, client)
     body = {"title": "retried"}
     await claim(
-        app.state.resources.sessionmaker,
+        app.state.resources.database,
         me.user.id,
         SCOPE,
         "orphan",

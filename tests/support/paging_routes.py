@@ -82,11 +82,11 @@ async def list_rows(
     session: DbSession, page: RowPageParams, owner: str | None = None
 ) -> Page[RowRead]:
     """List scratch rows, optionally one owner's."""
-    query = select(PagingRow)
+    query = select(PagingRow.__table__)
     if owner is not None:
         query = query.where(PagingRow.owner == owner)
     window = await paginate(session, query, page, id_column=PagingRow.id, codec=CODEC)
-    return Page[RowRead].of(window)
+    return Page[RowRead].model_validate(window.as_page())
 
 
 @router.get("/others")
@@ -95,5 +95,7 @@ async def list_others(
     page: Annotated[PageParams, Depends(page_params({"created_at": OtherRow.created_at}))],
 ) -> Page[OtherRead]:
     """List the other scratch rows."""
-    window = await paginate(session, select(OtherRow), page, id_column=OtherRow.id, codec=CODEC)
-    return Page[OtherRead].of(window)
+    window = await paginate(
+        session, select(OtherRow.__table__), page, id_column=OtherRow.id, codec=CODEC
+    )
+    return Page[OtherRead].model_validate(window.as_page())

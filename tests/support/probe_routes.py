@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
-from keel.core.db import DbSession, after_commit
+from keel.core.db import DbSession
 from keel.core.errors import Conflict
 from keel.core.routing import KeelRoute
 
@@ -32,7 +32,7 @@ async def create_note(note: Note, session: DbSession) -> Note:
     async def remember() -> None:
         committed_notes.append(note.text)
 
-    after_commit(session, remember)
+    session.after_commit(remember)
     if note.text == "conflict":
         # The insert above must be rolled back, and the callback must never run.
         raise Conflict("Refused after writing")
@@ -41,8 +41,8 @@ async def create_note(note: Note, session: DbSession) -> Note:
 
 @router.get("/two-statements")
 async def two_statements(session: DbSession) -> dict[str, int]:
-    first = (await session.execute(text("SELECT 1"))).scalar_one()
-    second = (await session.execute(text("SELECT 2"))).scalar_one()
+    first = await session.value(text("SELECT 1"))
+    second = await session.value(text("SELECT 2"))
     return {"sum": first + second}
 
 

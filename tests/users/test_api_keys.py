@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import update
 
-from keel.core.resources import Resources
+from keel.resources import Resources
 from keel.models import ApiKey, Role
 from tests.factories.users import DEFAULT_PASSWORD, SignedIn, login, signed_in
 from tests.support.assertions import assert_error

@@ -15,15 +15,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import select, update
 
+from keel.auth import repository
 from keel.auth.permissions import Permission, role_allows
-from keel.core.db import DbSession
+from keel.auth.repository import UserRow
+from keel.auth.revocation import SessionRevocations
+from keel.auth.sessions import Issuer
+from keel.core.db import DbSession, Unit
+from keel.core.deps import app_state
 from keel.core.errors import Forbidden, Unauthorized
-from keel.core.resources import resources_of
-from keel.core.security.access_tokens import InvalidAccessToken
+from keel.core.security.access_tokens import AccessTokens, InvalidAccessToken
 from keel.core.security.opaque import token_hash
-from keel.models import ApiKey, Role, User
+from keel.models import Role
 from keel.models.base import utcnow
 
 # Declares the scheme in OpenAPI, so Swagger UI's Authorize button logs in through the
@@ -49,6 +52,28 @@ class Principal:
         return role_allows(self.role, permission)
 
 
+@dataclass(frozen=True, slots=True)
+class Authenticator:
+    """What checking a credential needs, opened once by the composition root."""
+
+    access_tokens: AccessTokens
+    revocations: SessionRevocations
+    api_key_prefix: str
+
+    async def principal(self, credential: str, db: Unit) -> Principal:
+        if credential.startswith(self.api_key_prefix):
+            return await _from_api_key(credential, db)
+        try:
+            claims = self.access_tokens.verify(credential)
+        except InvalidAccessToken as exc:
+            raise _unauthorized("Invalid or expired token", credential_sent=True) from exc
+        if await self.revocations.is_revoked(claims.session_id):
+            raise _unauthorized("Session has ended", credential_sent=True)
+        return Principal(
+            user_id=claims.user_id, role=Role(claims.role), session_id=claims.session_id
+        )
+
+
 def _unauthorized(message: str, *, credential_sent: bool) -> Unauthorized:
     challenge = 'Bearer error="invalid_token"' if credential_sent else "Bearer"
     return Unauthorized(message, headers={"WWW-Authenticate": challenge})
@@ -64,41 +89,32 @@ def _credential(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-async def _from_api_key(key: str, session: DbSession) -> Principal:
-    row = (
-        await session.execute(
-            select(ApiKey.id, ApiKey.expires_at, ApiKey.last_used_at, User.id, User.role)
-            .join(User, User.id == ApiKey.user_id)
-            .where(ApiKey.key_hash == token_hash(key), User.is_active.is_(True))
-        )
-    ).first()
+async def _from_api_key(key: str, db: Unit) -> Principal:
+    owner = await repository.find_api_key_owner(db, token_hash(key))
     now = utcnow()
-    if row is None or (row[1] is not None and row[1] <= now):
+    if owner is None or (owner["expires_at"] is not None and owner["expires_at"] <= now):
         raise _unauthorized("Invalid or expired API key", credential_sent=True)
-    key_id, _, last_used_at, user_id, role = row
+    last_used_at = owner["last_used_at"]
     if last_used_at is None or now - last_used_at >= API_KEY_TOUCH_INTERVAL:
-        await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
-    return Principal(user_id=user_id, role=Role(role), api_key_id=key_id)
+        await repository.touch_api_key(db, owner["key_id"], now)
+    return Principal(user_id=owner["user_id"], role=Role(owner["role"]), api_key_id=owner["key_id"])
+
+
+AuthenticatorDep = Annotated[Authenticator, Depends(app_state("authenticator"))]
+Revocations = Annotated[SessionRevocations, Depends(app_state("revocations"))]
+IssuerDep = Annotated[Issuer, Depends(app_state("issuer"))]
 
 
 async def authenticate(
     request: Request,
-    session: DbSession,
+    authenticator: AuthenticatorDep,
+    db: DbSession,
     _scheme: Annotated[str | None, Depends(oauth2_scheme)] = None,
 ) -> Principal:
     credential = _credential(request)
     if credential is None:
         raise _unauthorized("Not authenticated", credential_sent=False)
-    resources = resources_of(request)
-    if credential.startswith(resources.settings.auth.api_key_prefix):
-        return await _from_api_key(credential, session)
-    try:
-        claims = resources.access_tokens.verify(credential)
-    except InvalidAccessToken as exc:
-        raise _unauthorized("Invalid or expired token", credential_sent=True) from exc
-    if await resources.revocations.is_revoked(claims.session_id):
-        raise _unauthorized("Session has ended", credential_sent=True)
-    return Principal(user_id=claims.user_id, role=Role(claims.role), session_id=claims.session_id)
+    return await authenticator.principal(credential, db)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
@@ -125,11 +141,11 @@ def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal
     return check
 
 
-async def _current_user(principal: CurrentPrincipal, session: DbSession) -> User:
-    user = await session.get(User, principal.user_id)
-    if user is None or not user.is_active:
+async def _current_user(principal: CurrentPrincipal, db: DbSession) -> UserRow:
+    user = await repository.find_user(db, principal.user_id)
+    if user is None or not user["is_active"]:
         raise _unauthorized("Account is not active", credential_sent=True)
     return user
 
 
-CurrentUser = Annotated[User, Depends(_current_user)]
+CurrentUser = Annotated[UserRow, Depends(_current_user)]

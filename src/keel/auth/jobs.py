@@ -9,12 +9,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, or_
 
+from keel.auth import repository
 from keel.auth.mailer import TemplatedMailer
 from keel.auth.one_time import issue_one_time_token, reset_password_lifetime
 from keel.core.jobs import JobContext, job
-from keel.models import AuthSession, OneTimePurpose, OneTimeToken, RefreshToken, User
+from keel.models import AuthSession, OneTimePurpose, OneTimeToken, RefreshToken
 from keel.models.base import utcnow
 
 log = structlog.get_logger("keel.auth")
@@ -39,16 +40,15 @@ async def send_password_changed(ctx: JobContext, email: str) -> None:
 async def send_password_reset(ctx: JobContext, email: str) -> None:
     """forgot-password's work, done after its 202: the answer and its timing are the
     same whether or not the address has an account."""
-    async with ctx.sessionmaker() as session:
-        user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
-        if user is None or not user.is_active:
+    async with ctx.database.transaction() as db:
+        user = await repository.find_user_by_email(db, email)
+        if user is None or not user["is_active"]:
             return
         token = await issue_one_time_token(
-            session, user, OneTimePurpose.RESET_PASSWORD, reset_password_lifetime(ctx.settings)
+            db, user, OneTimePurpose.RESET_PASSWORD, reset_password_lifetime(ctx.settings)
         )
-        await session.commit()
     # A retry after a failed delivery issues a fresh token; the unsent one expires unused.
-    await TemplatedMailer(ctx.mail, ctx.settings).send_password_reset(user.email, token)
+    await TemplatedMailer(ctx.mail, ctx.settings).send_password_reset(user["email"], token)
 
 
 @job("auth.purge_expired_tokens", max_retries=3)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from keel.auth import repository
+from keel.auth.repository import UserRow
 from keel.config import Settings
+from keel.core.db import Unit
 from keel.core.security.opaque import new_token, token_hash
-from keel.models import OneTimePurpose, OneTimeToken, User
+from keel.models import OneTimePurpose
 from keel.models.base import utcnow
 
 
@@ -21,18 +22,18 @@ def reset_password_lifetime(settings: Settings) -> timedelta:
 
 
 async def issue_one_time_token(
-    session: AsyncSession, user: User, purpose: OneTimePurpose, lifetime: timedelta
+    db: Unit, user: UserRow, purpose: OneTimePurpose, lifetime: timedelta
 ) -> str:
     """A new token for `user`, bound to the address it is sent to."""
     token = new_token()
-    session.add(
-        OneTimeToken(
-            user_id=user.id,
-            purpose=purpose,
-            token_hash=token_hash(token),
-            email=user.email,
-            expires_at=utcnow() + lifetime,
-        )
+    await repository.add_one_time_token(
+        db,
+        {
+            "user_id": user["id"],
+            "purpose": purpose,
+            "token_hash": token_hash(token),
+            "email": user["email"],
+            "expires_at": utcnow() + lifetime,
+        },
     )
-    await session.flush()
     return token

@@ -23,55 +23,43 @@ from datetime import timedelta
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keel.models import AuthSession
+from keel.auth import repository
+from keel.core.db import Database
 from keel.models.base import utcnow
 
 log = structlog.get_logger("keel.auth.revocation")
 
 
-async def _ended_recently(
-    sessionmaker: async_sessionmaker[AsyncSession], within_seconds: int
-) -> list[tuple[uuid.UUID, float]]:
+async def _ended_recently(database: Database, within_seconds: int) -> list[tuple[uuid.UUID, float]]:
     """(sid, seconds its record must still live) for sessions ended within the window."""
     now = utcnow()
-    async with sessionmaker() as session:
-        rows = await session.execute(
-            select(AuthSession.id, AuthSession.ended_at).where(
-                AuthSession.ended_at > now - timedelta(seconds=within_seconds)
-            )
-        )
-        return [
-            (sid, within_seconds - (now - ended_at).total_seconds())
-            for sid, ended_at in rows
-            if ended_at is not None
-        ]
+    async with database.transaction(write=False) as db:
+        rows = await repository.ended_sessions(db, now - timedelta(seconds=within_seconds))
+    return [
+        (row["id"], within_seconds - (now - row["ended_at"]).total_seconds())
+        for row in rows
+        if row["ended_at"] is not None
+    ]
 
 
-async def _ended_in_database(
-    sessionmaker: async_sessionmaker[AsyncSession], session_id: uuid.UUID
-) -> bool:
-    async with sessionmaker() as session:
-        row = await session.execute(
-            select(AuthSession.ended_at).where(AuthSession.id == session_id)
-        )
-        found = row.first()
+async def _ended_in_database(database: Database, session_id: uuid.UUID) -> bool:
+    async with database.transaction(write=False) as db:
+        found = await repository.session_state(db, session_id)
     # A session that no longer exists (its user was deleted) has ended too.
-    return found is None or found[0] is not None
+    return found is None or found["ended_at"] is not None
 
 
 class InProcessRevocations:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], ttl_seconds: int) -> None:
-        self._sessionmaker = sessionmaker
+    def __init__(self, database: Database, ttl_seconds: int) -> None:
+        self._database = database
         self._ttl = ttl_seconds
         self._ended: dict[uuid.UUID, float] = {}
         self._loaded = False
 
     async def load(self) -> None:
         try:
-            recent = await _ended_recently(self._sessionmaker, self._ttl)
+            recent = await _ended_recently(self._database, self._ttl)
         except Exception as exc:  # noqa: BLE001 - the database may be down at start-up
             # Until a load succeeds, every check asks the database.
             log.warning("revocations_not_loaded", error=repr(exc))
@@ -91,7 +79,7 @@ class InProcessRevocations:
         if not self._loaded:
             await self.load()
             if not self._loaded:
-                return await _ended_in_database(self._sessionmaker, session_id)
+                return await _ended_in_database(self._database, session_id)
         expires = self._ended.get(session_id)
         return expires is not None and expires > time.monotonic()
 
@@ -107,13 +95,13 @@ class RedisRevocations:
         self,
         redis: Redis,
         prefix: str,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        database: Database,
         ttl_seconds: int,
     ) -> None:
         self._redis = redis
         self._prefix = prefix + "revoked:"
         self._loaded_key = prefix + "revoked-loaded"
-        self._sessionmaker = sessionmaker
+        self._database = database
         self._ttl = ttl_seconds
 
     def _key(self, session_id: uuid.UUID) -> str:
@@ -121,7 +109,7 @@ class RedisRevocations:
 
     async def load(self) -> None:
         try:
-            recent = await _ended_recently(self._sessionmaker, self._ttl)
+            recent = await _ended_recently(self._database, self._ttl)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sid, remaining in recent:
                     pipe.set(self._key(sid), 1, px=max(1, int(remaining * 1000)))
@@ -144,11 +132,11 @@ class RedisRevocations:
             loaded, revoked = await self._redis.mget(self._loaded_key, self._key(session_id))
         except RedisError as exc:
             log.warning("revocation_check_fell_back_to_database", error=repr(exc))
-            return await _ended_in_database(self._sessionmaker, session_id)
+            return await _ended_in_database(self._database, session_id)
         if loaded is None:
             log.warning("revocations_missing_in_redis_reloading")
             await self.load()
-            return await _ended_in_database(self._sessionmaker, session_id)
+            return await _ended_in_database(self._database, session_id)
         return revoked is not None
 
 

@@ -7,10 +7,25 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
+from keel.models import Role
+
 
 class Body(BaseModel):
     # Unknown fields are refused (422): no silent mass assignment.
     model_config = ConfigDict(extra="forbid")
+
+
+class UserRead(BaseModel):
+    """An account as every answer shows it (the users routes answer with it too)."""
+
+    id: uuid.UUID
+    email: str
+    full_name: str | None
+    role: Role
+    is_active: bool
+    is_verified: bool
+    created_at: datetime
+    updated_at: datetime
 
 
 class RegisterRequest(Body):

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement
 
+from keel.auth import repository
+from keel.auth.repository import UserRow
+from keel.auth.revocation import SessionRevocations
 from keel.auth.schemas import TokenPair
-from keel.core.resources import Resources
+from keel.core.db import Unit
+from keel.core.pagination import CursorCodec, PageParams, Window, paginate
+from keel.core.security.access_tokens import AccessTokens
 from keel.core.security.opaque import new_token, token_hash
-from keel.models import AuthSession, RefreshToken, User
+from keel.models import Role
 from keel.models.base import utcnow
 
 log = structlog.get_logger("keel.auth")
@@ -39,125 +44,113 @@ class Client:
     user_agent: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """What starting and renewing a session needs: the access-token signer, the
+    refresh tokens' lifetime, and where ended sessions are recorded."""
+
+    access_tokens: AccessTokens
+    refresh_token_ttl: timedelta
+    revocations: SessionRevocations
+
+
 async def end_sessions(
-    resources: Resources, session: AsyncSession, condition: ColumnElement[bool], reason: str
+    db: Unit, revocations: SessionRevocations, condition: ColumnElement[bool], reason: str
 ) -> list[uuid.UUID]:
     """End every live session matching `condition`; their access tokens stop at once."""
-    result = await session.execute(
-        update(AuthSession)
-        .where(condition, AuthSession.ended_at.is_(None))
-        .values(ended_at=utcnow(), end_reason=reason)
-        .returning(AuthSession.id)
-        .execution_options(synchronize_session=False)
-    )
-    ended = list(result.scalars())
+    ended = await repository.end_sessions(db, condition, utcnow(), reason)
     if ended:
-        await resources.revocations.revoke(ended)
+        await revocations.revoke(ended)
         log.info("sessions_ended", count=len(ended), reason=reason)
     return ended
 
 
-async def _new_refresh_token(
-    resources: Resources, session: AsyncSession, auth_session: AuthSession
-) -> str:
-    token = new_token()
-    session.add(
-        RefreshToken(
-            session_id=auth_session.id,
-            token_hash=token_hash(token),
-            expires_at=auth_session.expires_at,
-        )
-    )
-    await session.flush()
-    return token
-
-
-def _pair(resources: Resources, user: User, auth_session: AuthSession, refresh: str) -> TokenPair:
-    access, expires_in = resources.access_tokens.issue(user.id, auth_session.id, user.role.value)
+async def _pair(
+    db: Unit,
+    issuer: Issuer,
+    user_id: uuid.UUID,
+    role: Role,
+    session_id: uuid.UUID,
+    expires_at: datetime,
+) -> TokenPair:
+    """A new refresh token of the session, and an access token naming it."""
+    refresh = new_token()
+    await repository.add_refresh_token(db, session_id, token_hash(refresh), expires_at)
+    access, expires_in = issuer.access_tokens.issue(user_id, session_id, str(role))
     return TokenPair(access_token=access, expires_in=expires_in, refresh_token=refresh)
 
 
-async def start_session(
-    resources: Resources, session: AsyncSession, user: User, client: Client
-) -> TokenPair:
+async def start_session(db: Unit, issuer: Issuer, user: UserRow, client: Client) -> TokenPair:
     now = utcnow()
-    auth_session = AuthSession(
-        user_id=user.id,
-        created_at=now,
-        last_used_at=now,
-        expires_at=now + timedelta(days=resources.settings.auth.refresh_token_ttl_days),
-        user_agent=(client.user_agent or "")[:512] or None,
-        ip=client.ip,
+    session = await repository.add_session(
+        db,
+        {
+            "user_id": user["id"],
+            "created_at": now,
+            "last_used_at": now,
+            "expires_at": now + issuer.refresh_token_ttl,
+            "user_agent": (client.user_agent or "")[:512] or None,
+            "ip": client.ip,
+        },
     )
-    session.add(auth_session)
-    await session.flush()
-    refresh = await _new_refresh_token(resources, session, auth_session)
-    return _pair(resources, user, auth_session, refresh)
+    return await _pair(db, issuer, user["id"], user["role"], session["id"], session["expires_at"])
 
 
-async def rotate(
-    resources: Resources, session: AsyncSession, refresh_token: str, client: Client
-) -> TokenPair:
+async def rotate(db: Unit, issuer: Issuer, refresh_token: str, client: Client) -> TokenPair:
     now = utcnow()
     hashed = token_hash(refresh_token)
-    spent = await session.execute(
-        update(RefreshToken)
-        .where(
-            RefreshToken.token_hash == hashed,
-            RefreshToken.spent_at.is_(None),
-            RefreshToken.expires_at > now,
-        )
-        .values(spent_at=now)
-        .returning(RefreshToken.session_id)
-        .execution_options(synchronize_session=False)
-    )
-    session_id = spent.scalar_one_or_none()
+    session_id = await repository.spend_refresh_token(db, hashed, now)
     if session_id is None:
-        await _refuse_unusable(resources, session, hashed)
-    auth_session = await session.get(AuthSession, session_id)
-    if auth_session is None or auth_session.ended_at is not None:
+        raise await _unusable(db, issuer, hashed)
+    session = await repository.touch_live_session(db, session_id, now, client.ip)
+    if session is None:
         raise InvalidGrant("session ended")
-    user = await session.get(User, auth_session.user_id)
-    if user is None or not user.is_active:
+    user = await repository.find_user(db, session["user_id"])
+    if user is None or not user["is_active"]:
         raise InvalidGrant("user inactive")
-    auth_session.last_used_at = now
-    auth_session.ip = client.ip
-    refresh = await _new_refresh_token(resources, session, auth_session)
-    return _pair(resources, user, auth_session, refresh)
+    return await _pair(db, issuer, user["id"], user["role"], session_id, session["expires_at"])
 
 
-async def _refuse_unusable(resources: Resources, session: AsyncSession, hashed: str) -> None:
-    row = (
-        await session.execute(
-            select(RefreshToken.session_id, RefreshToken.spent_at).where(
-                RefreshToken.token_hash == hashed
-            )
+async def _unusable(db: Unit, issuer: Issuer, hashed: str) -> InvalidGrant:
+    """Why a refresh token could not be spent; a spent one ends its whole family."""
+    token = await repository.find_refresh_token(db, hashed)
+    if token is not None and token["spent_at"] is not None:
+        log.warning("refresh_token_reused", session_id=str(token["session_id"]))
+        await end_sessions(
+            db, issuer.revocations, repository.the_session(token["session_id"]), "reuse"
         )
-    ).first()
-    if row is not None and row.spent_at is not None:
-        log.warning("refresh_token_reused", session_id=str(row.session_id))
-        await end_sessions(resources, session, AuthSession.id == row.session_id, "reuse")
-        raise InvalidGrant("refresh token reused")
-    raise InvalidGrant("refresh token unknown or expired")
+        return InvalidGrant("refresh token reused")
+    return InvalidGrant("refresh token unknown or expired")
 
 
 async def end_by_refresh_token(
-    resources: Resources, session: AsyncSession, refresh_token: str
+    db: Unit, revocations: SessionRevocations, refresh_token: str
 ) -> None:
-    session_id = (
-        await session.execute(
-            select(RefreshToken.session_id).where(
-                RefreshToken.token_hash == token_hash(refresh_token)
-            )
-        )
-    ).scalar_one_or_none()
-    if session_id is not None:
-        await end_sessions(resources, session, AuthSession.id == session_id, "logout")
+    token = await repository.find_refresh_token(db, token_hash(refresh_token))
+    if token is not None:
+        await end_sessions(db, revocations, repository.the_session(token["session_id"]), "logout")
 
 
-def live_sessions_of(user_id: uuid.UUID) -> ColumnElement[bool]:
-    return and_(
-        AuthSession.user_id == user_id,
-        AuthSession.ended_at.is_(None),
-        AuthSession.expires_at > utcnow(),
+async def list_page(
+    db: Unit,
+    cursors: CursorCodec,
+    user_id: uuid.UUID,
+    current: uuid.UUID | None,
+    params: PageParams,
+) -> Window[Any]:
+    """The user's live sessions, `current` marked."""
+    query = repository.sessions_matching(repository.live_sessions_of(user_id, utcnow()))
+    window = await paginate(
+        db, query, params, id_column=repository.SESSION_COLUMNS.id, codec=cursors
     )
+    for row in window.rows:
+        row["current"] = row["id"] == current
+    return window
+
+
+async def end_own_session(
+    db: Unit, revocations: SessionRevocations, user_id: uuid.UUID, session_id: uuid.UUID
+) -> bool:
+    """End one of the user's live sessions; False when there is none such."""
+    condition = repository.live_sessions_of(user_id, utcnow()) & repository.the_session(session_id)
+    return bool(await end_sessions(db, revocations, condition, "ended_by_user"))

@@ -100,5 +100,5 @@ def _forwarded_for(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
 def request_client_ip(connection: HTTPConnection) -> str | None:
     """The client IP of a request or WebSocket, by the app's one resolver (its trusted
     proxies parsed once at start-up)."""
-    resolver: ClientIpResolver = connection.app.state.resources.client_ip
+    resolver: ClientIpResolver = connection.app.state.client_ip
     return resolver(connection)

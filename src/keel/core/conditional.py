@@ -1,20 +1,33 @@
-"""Conditional requests on versioned resources (RFC 9110 §13): ETag, If-None-Match,
-If-Match. A resource's ETag is its version, quoted: `"7"`."""
+"""Conditional requests (RFC 9110 §13): ETag, If-None-Match, If-Match.
+
+A versioned resource's ETag is its version, quoted (`"7"`). Its read schema says so by
+deriving from `Versioned`; the route class then sets the header and answers 304 on its
+own (core/routing.py). `If-Match` is an input of the write itself: services put the
+versions it names into their conditional UPDATE, so the check and the change are one
+statement and a race cannot slip between them.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from fastapi import Depends, Header
+from pydantic import BaseModel
 
 # One entity tag: optional W/ and a quoted opaque part (RFC 9110 §8.8.3).
 _ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
 
 
-def etag(version: int) -> str:
-    return f'"{version}"'
+class Versioned(BaseModel):
+    """A read schema whose ETag is its `version` field."""
+
+    etag_field: ClassVar[str] = "version"
+
+
+def etag_value(value: object) -> str:
+    return f'"{value}"'
 
 
 def _entity_tags(header: str) -> list[tuple[bool, str]] | None:
@@ -30,14 +43,14 @@ def _entity_tags(header: str) -> list[tuple[bool, str]] | None:
     return tags
 
 
-def none_match(header: str | None, version: int) -> bool:
+def none_match(header: str | None, tag: str) -> bool:
     """If-None-Match holds the current tag (weak comparison): answer 304."""
     if header is None:
         return False
     if header.strip() == "*":
         return True
-    tags = _entity_tags(header) or []
-    return any(opaque == str(version) for _weak, opaque in tags)
+    opaque = tag.strip('"')
+    return any(candidate == opaque for _weak, candidate in _entity_tags(header) or [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +77,7 @@ def parse_if_match(header: str | None) -> IfMatch:
     return IfMatch(frozenset(versions))
 
 
-def _if_match(
+async def _if_match(
     if_match: Annotated[
         str | None,
         Header(
@@ -77,8 +90,3 @@ def _if_match(
 
 
 IfMatchHeader = Annotated[IfMatch, Depends(_if_match)]
-
-IfNoneMatchHeader = Annotated[
-    str | None,
-    Header(alias="If-None-Match", description="An ETag you hold: 304 when it is current."),
-]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, cast
 
+import asyncpg
 import redis.exceptions
 import structlog
 from fastapi import FastAPI, Request
@@ -203,6 +204,12 @@ DEPENDENCY_DOWN_ERRORS: tuple[type[Exception], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
+    # The request pool's driver, on PostgreSQL (core/db.py): connections lost or
+    # refused, the server shutting down or out of connection slots.
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
     ConnectionError,
     TimeoutError,
     redis.exceptions.ConnectionError,

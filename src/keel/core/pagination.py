@@ -16,17 +16,17 @@ import hmac
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Generic, NamedTuple, Self, TypeVar
+from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel, Field, WithJsonSchema
 from sqlalchemy import ColumnElement, Select, func, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
+from keel.core.db import Row, Unit
 from keel.core.errors import BadRequest, ValidationFailed
 
 DEFAULT_LIMIT = 20
@@ -38,6 +38,8 @@ T = TypeVar("T")
 RowT = TypeVar("RowT")
 SortColumn = QueryableAttribute[Any] | ColumnElement[Any]
 
+_PAGE_KEY = "keel_page_key"
+_PAGE_ID = "keel_page_id"
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _MAC_BYTES = hashlib.sha256().digest_size
 
@@ -66,6 +68,10 @@ class Window(NamedTuple, Generic[RowT]):
     next_cursor: str | None
     total: int | None
 
+    def as_page(self) -> dict[str, Any]:
+        """The body of a `Page` response, for FastAPI to validate and serialise once."""
+        return {"data": self.rows, "next_cursor": self.next_cursor, "total": self.total}
+
 
 def _is_none(value: object) -> bool:
     return value is None
@@ -82,14 +88,6 @@ class Page(BaseModel, Generic[T]):
         exclude_if=_is_none,
         description="Rows matching the filters; present only with `include_total=true`.",
     )
-
-    @classmethod
-    def of(cls, window: Window[Any]) -> Self:
-        """Validate the rows (ORM objects read by attribute) into this page's item type."""
-        return cls.model_validate(
-            {"data": window.rows, "next_cursor": window.next_cursor, "total": window.total},
-            from_attributes=True,
-        )
 
 
 class CursorCodec:
@@ -168,7 +166,7 @@ def _unpack(packed: list[Any]) -> Any:
 
 def page_params(
     sorts: Mapping[str, SortColumn], default: str = "-created_at"
-) -> Callable[..., PageParams]:
+) -> Callable[..., Awaitable[PageParams]]:
     """A dependency reading limit, cursor, sort and include_total for one resource.
 
     `sorts` names the columns a client may sort by (each NOT NULL); every name is
@@ -183,7 +181,7 @@ def page_params(
         raise ValueError(f"default sort {default!r} is not among {sorts!r}")
     allowed = list(orders)
 
-    def dependency(
+    async def dependency(
         limit: Annotated[
             int, Query(ge=1, le=MAX_LIMIT, description="Rows per page.")
         ] = DEFAULT_LIMIT,
@@ -216,15 +214,15 @@ def page_params(
 
 
 async def paginate(
-    session: AsyncSession,
-    query: Select[RowT],
+    db: Unit,
+    query: Select[Any],
     params: PageParams,
     *,
     id_column: SortColumn,
     codec: CursorCodec,
-) -> Window[RowT]:
-    """One page of `query` (one entity per row, already narrowed to what the caller may
-    see), in `params.sort` order: one SELECT, and one COUNT when the total is asked for."""
+) -> Window[Row]:
+    """One page of `query` (plain columns, already narrowed to what the caller may see),
+    in `params.sort` order: one SELECT, and one COUNT when the total is asked for."""
     sort, column = params.sort, params.sort.column
     base = query.order_by(None)
     page = base
@@ -238,17 +236,19 @@ async def paginate(
         page = page.order_by(column.desc(), id_column.desc())
     else:
         page = page.order_by(column.asc(), id_column.asc())
-    # The key and id are selected beside the entity, so the cursor never depends on
-    # how the entity names its attributes; one row more says whether a next page exists.
-    keyed = page.add_columns(column.label("keel_page_key"), id_column.label("keel_page_id"))
-    rows = (await session.execute(keyed.limit(params.limit + 1))).all()
+    # The key and id are selected beside the row, so the cursor never depends on how
+    # the row names its columns; one row more says whether a next page exists.
+    keyed = page.add_columns(column.label(_PAGE_KEY), id_column.label(_PAGE_ID))
+    rows = await db.all(keyed.limit(params.limit + 1))
     next_cursor = None
     if len(rows) > params.limit:
         last = rows[params.limit - 1]
-        next_cursor = codec.encode(sort.name, last[-2], last[-1], scope=sort.scope)
+        next_cursor = codec.encode(sort.name, last[_PAGE_KEY], last[_PAGE_ID], scope=sort.scope)
     total = None
     if params.include_total:
         # Same filters, no cursor: the total describes the whole list, not what is left.
-        counted = select(func.count()).select_from(base.subquery())
-        total = (await session.execute(counted)).scalar_one()
-    return Window([row[0] for row in rows[: params.limit]], next_cursor, total)
+        total = await db.value(select(func.count()).select_from(base.subquery()))
+    page_rows = rows[: params.limit]
+    for row in page_rows:
+        del row[_PAGE_KEY], row[_PAGE_ID]
+    return Window(page_rows, next_cursor, total)

@@ -227,9 +227,9 @@ def per_ip(name: str, limit: Callable[[LimitSettings], str]) -> RuleBuilder:
     return build
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
-    """The app's limiter (Resources.limiter); a dependency, so tests can override it."""
-    return cast("RateLimiter", request.app.state.resources.limiter)
+async def get_rate_limiter(request: Request) -> RateLimiter:
+    """The app's limiter; a dependency, so tests can override it."""
+    return cast("RateLimiter", request.app.state.limiter)
 
 
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]

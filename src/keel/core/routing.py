@@ -1,20 +1,60 @@
-"""The route class every Keel router uses.
+"""The route class every Keel router uses: what each request gets around its endpoint.
 
-FastAPI treats a body of another content type as raw bytes and fails validation (422);
-API.md asks for 415 there, so a JSON route checks the content type before FastAPI
-parses the body.
+- **JSON only.** FastAPI treats a body of another content type as raw bytes and fails
+  validation (422); API.md asks for 415, so a JSON route checks the content type first.
+- **The request owns the transaction.** The unit of work (`DbSession`) commits once the
+  endpoint has answered and its response is serialised, before anything is sent, and
+  rolls back when it raises: a client never sees success for a change that did not
+  commit, and services only run statements.
+- **Conditional requests, declared once.** A route whose response model names an
+  `etag_field` (`Versioned` schemas) gets its `ETag` header from the value it returns,
+  and a GET whose `If-None-Match` holds that tag is answered 304 without a body.
+- **Response hooks.** A dependency may ask to see the serialised response inside the
+  transaction, before the commit (idempotency stores it there), so a response is
+  serialised once and recorded atomically with the change it reports.
+- **Early answers.** A dependency may raise `Answer(response)` to answer in the
+  endpoint's place (an idempotent replay); that is a normal answer, not an error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.params import Form
 from fastapi.routing import APIRoute
 
+from keel.core.conditional import etag_value, none_match
+from keel.core.db import unit_of
 from keel.core.errors import UnsupportedMediaType
+
+ResponseHook = Callable[[Response], Awaitable[None]]
+
+_HOOKS_KEY = "keel.response_hooks"
+_ETAG_KEY = "keel.etag"
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+# The request an endpoint runs for, so the endpoint's wrapper can read its headers and
+# leave the ETag for the handler (the wrapper sees only the endpoint's arguments).
+_current_request: ContextVar[Request] = ContextVar("keel_current_request")
+
+
+class Answer(Exception):
+    """Raised by a dependency to answer with `response` instead of running the endpoint."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+        super().__init__(response.status_code)
+
+
+def on_response(request: Request, hook: ResponseHook) -> None:
+    """Let `hook` see the serialised response, in the request's transaction, before it
+    commits (it runs only when the endpoint answered without raising)."""
+    request.scope.setdefault(_HOOKS_KEY, []).append(hook)
 
 
 def _is_json(content_type: str) -> bool:
@@ -31,23 +71,79 @@ def _has_body(request: Request) -> bool:
     return "transfer-encoding" in request.headers
 
 
+def _check_json(request: Request) -> None:
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        if _has_body(request):
+            raise UnsupportedMediaType("Request body must be application/json")
+    elif not _is_json(content_type):
+        raise UnsupportedMediaType("Request body must be application/json")
+
+
+def _field_of(result: Any, field: str) -> Any:
+    return result[field] if isinstance(result, Mapping) else getattr(result, field)
+
+
+def _tagging(endpoint: Callable[..., Awaitable[Any]], field: str) -> Callable[..., Any]:
+    """Wrap an endpoint so that the value it returns sets the ETag and, on a GET whose
+    If-None-Match holds it, answers 304 before anything is serialised."""
+
+    @functools.wraps(endpoint)  # FastAPI reads the endpoint's own signature through it
+    async def tagged(*args: Any, **values: Any) -> Any:
+        result = await endpoint(*args, **values)
+        if isinstance(result, Response):
+            return result
+        request = _current_request.get()
+        tag = etag_value(_field_of(result, field))
+        request.scope[_ETAG_KEY] = tag
+        if request.method in _SAFE_METHODS and none_match(
+            request.headers.get("if-none-match"), tag
+        ):
+            raise Answer(Response(status_code=304, headers={"ETag": tag}))
+        return result
+
+    return tagged
+
+
 class KeelRoute(APIRoute):
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        field: str | None = getattr(kwargs.get("response_model"), "etag_field", None)
+        if field is not None and inspect.iscoroutinefunction(endpoint):
+            endpoint = _tagging(endpoint, field)
+        super().__init__(path, endpoint, **kwargs)
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         expects_json = self.body_field is not None and not self._expects_form()
-        if not expects_json:
-            return handler
 
-        async def json_only_handler(request: Request) -> Response:
-            content_type = request.headers.get("content-type")
-            if content_type is None:
-                if _has_body(request):
-                    raise UnsupportedMediaType("Request body must be application/json")
-            elif not _is_json(content_type):
-                raise UnsupportedMediaType("Request body must be application/json")
-            return await handler(request)
+        async def keel_handler(request: Request) -> Response:
+            if expects_json:
+                _check_json(request)
+            token = _current_request.set(request)
+            scope = request.scope
+            try:
+                try:
+                    response = await handler(request)
+                except Answer as answer:
+                    response = answer.response
+                tag = scope.get(_ETAG_KEY)
+                if tag is not None and response.status_code < 300:
+                    response.headers["ETag"] = tag
+                for hook in scope.get(_HOOKS_KEY, ()):
+                    await hook(response)
+            except BaseException:
+                unit = unit_of(scope)
+                if unit is not None:
+                    await unit.rollback()
+                raise
+            finally:
+                _current_request.reset(token)
+            unit = unit_of(scope)
+            if unit is not None:
+                await unit.commit()
+            return response
 
-        return json_only_handler
+        return keel_handler
 
     def _expects_form(self) -> bool:
         field_info = getattr(self.body_field, "field_info", None)

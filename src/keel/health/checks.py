@@ -7,10 +7,11 @@ from collections.abc import Awaitable
 from typing import Literal
 
 import structlog
+from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel.core import migrations
-from keel.core.resources import Resources
 
 log = structlog.get_logger("keel.health")
 
@@ -27,21 +28,21 @@ async def _guarded(name: str, check: Awaitable[CheckResult]) -> CheckResult:
         return "fail"
 
 
-async def _database(resources: Resources) -> CheckResult:
-    async with resources.engine.connect() as connection:
+async def _database(engine: AsyncEngine) -> CheckResult:
+    async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
     return "ok"
 
 
-async def _redis(resources: Resources) -> CheckResult:
-    if resources.redis is None:
+async def _redis(redis: Redis | None) -> CheckResult:
+    if redis is None:
         return "disabled"
-    await resources.redis.ping()
+    await redis.ping()
     return "ok"
 
 
-async def _migrations(resources: Resources) -> CheckResult:
-    current = await migrations.current_revision(resources.engine)
+async def _migrations(engine: AsyncEngine) -> CheckResult:
+    current = await migrations.current_revision(engine)
     head = migrations.head_revision()
     if current != head:
         log.warning("migrations_behind", current=current, head=head)
@@ -49,10 +50,10 @@ async def _migrations(resources: Resources) -> CheckResult:
     return "ok"
 
 
-async def run_checks(resources: Resources) -> dict[str, CheckResult]:
-    database, redis, schema = await asyncio.gather(
-        _guarded("database", _database(resources)),
-        _guarded("redis", _redis(resources)),
-        _guarded("migrations", _migrations(resources)),
+async def run_checks(engine: AsyncEngine, redis: Redis | None) -> dict[str, CheckResult]:
+    database, cache, schema = await asyncio.gather(
+        _guarded("database", _database(engine)),
+        _guarded("redis", _redis(redis)),
+        _guarded("migrations", _migrations(engine)),
     )
-    return {"database": database, "redis": redis, "migrations": schema}
+    return {"database": database, "redis": cache, "migrations": schema}

@@ -5,18 +5,24 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from redis.asyncio import Redis
 
+from keel.core.db import AppDatabase
+from keel.core.deps import AppSettings, app_state
 from keel.core.errors import Unauthorized
-from keel.core.resources import resources_of
+from keel.core.metrics import Metrics
 from keel.core.routing import KeelRoute
 from keel.health.checks import CheckResult, run_checks
 
 router = APIRouter(route_class=KeelRoute, tags=["operations"])
 
 _HEALTH_BODY = b'{"status":"ok"}'
+
+RedisClient = Annotated[Redis | None, Depends(app_state("redis"))]
+MetricsRegistry = Annotated[Metrics, Depends(app_state("metrics"))]
 
 
 class Health(BaseModel):
@@ -40,10 +46,9 @@ async def health() -> Response:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "A dependency is not ready"}},
 )
-async def ready(request: Request) -> JSONResponse:
+async def ready(database: AppDatabase, redis: RedisClient) -> JSONResponse:
     """Readiness: database, Redis and migrations, each named in the answer."""
-    resources = resources_of(request)
-    checks = await run_checks(resources)
+    checks = await run_checks(database.engine, redis)
     healthy = all(result in ("ok", "disabled") for result in checks.values())
     body = Readiness(status="ok" if healthy else "unavailable", checks=checks)
     return JSONResponse(
@@ -55,17 +60,16 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response, responses={401: {}})
 async def metrics(
-    request: Request, authorization: Annotated[str | None, Header()] = None
+    settings: AppSettings,
+    registry: MetricsRegistry,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Prometheus metrics, summed across this host's worker processes."""
-    resources = resources_of(request)
-    token = resources.settings.metrics.token
+    token = settings.metrics.token
     if token is not None:
         expected = f"Bearer {token.get_secret_value()}".encode()
         if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
             raise Unauthorized(
                 "A valid metrics token is required", headers={"WWW-Authenticate": "Bearer"}
             )
-    return Response(
-        resources.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+    return Response(registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

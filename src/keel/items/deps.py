@@ -11,20 +11,25 @@ from keel.auth.deps import CurrentPrincipal
 from keel.core.db import DbSession
 from keel.core.pagination import PageParams, page_params
 from keel.items import service
+from keel.items.repository import COLUMNS, ItemRow
 from keel.items.schemas import TAG_PATTERN, ItemFilters
-from keel.models import Item, ItemStatus
+from keel.models import ItemStatus
 
 ItemPage = Annotated[
     PageParams,
     Depends(
         page_params(
-            {"created_at": Item.created_at, "updated_at": Item.updated_at, "title": Item.title}
+            {
+                "created_at": COLUMNS.created_at,
+                "updated_at": COLUMNS.updated_at,
+                "title": COLUMNS.title,
+            }
         )
     ),
 ]
 
 
-def _filters(
+async def _filters(
     status: Annotated[ItemStatus | None, Query(description="Only items in this status.")] = None,
     tag: Annotated[
         str | None, Query(pattern=TAG_PATTERN, description="Only items with this tag.")
@@ -44,11 +49,9 @@ def _filters(
 Filters = Annotated[ItemFilters, Depends(_filters)]
 
 
-async def _readable_item(
-    item_id: uuid.UUID, principal: CurrentPrincipal, session: DbSession
-) -> Item:
-    return await service.get(session, principal, item_id)
+async def _readable_item(item_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> ItemRow:
+    return await service.get(db, principal, item_id)
 
 
 # The item the path names, if the caller may read it; 404 otherwise.
-ItemDep = Annotated[Item, Depends(_readable_item)]
+ItemDep = Annotated[ItemRow, Depends(_readable_item)]

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Row, Select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Select
 
+from keel.core.db import Database, Row
 from keel.items.schemas import ITEM_FIELDS
 
 BATCH_ROWS = 1000
@@ -31,10 +31,10 @@ MEDIA_TYPES: dict[str, str] = {
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _ndjson(rows: Sequence[Row[Any]]) -> bytes:
+def _ndjson(rows: Sequence[Row]) -> bytes:
     lines = (
         orjson.dumps(
-            {name: getattr(row, name) for name in ITEM_FIELDS},
+            {name: row[name] for name in ITEM_FIELDS},
             option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE,
             # asyncpg's UUID subclass is not orjson's uuid.UUID: written as str() is.
             default=str,
@@ -54,21 +54,19 @@ def _cell(value: object) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def _csv(rows: Sequence[Row[Any]], header: bool) -> bytes:
+def _csv(rows: Sequence[Row], header: bool) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     if header:
         writer.writerow(ITEM_FIELDS)
-    writer.writerows([_cell(getattr(row, name)) for name in ITEM_FIELDS] for row in rows)
+    writer.writerows([_cell(row[name]) for name in ITEM_FIELDS] for row in rows)
     return buffer.getvalue().encode()
 
 
 async def stream_export(
-    sessionmaker: async_sessionmaker[AsyncSession], query: Select[Any], fmt: ExportFormat
+    database: Database, query: Select[Any], fmt: ExportFormat
 ) -> AsyncIterator[bytes]:
     if fmt == "csv":
         yield _csv([], header=True)
-    async with sessionmaker() as session:
-        result = await session.stream(query.execution_options(yield_per=BATCH_ROWS))
-        async for rows in result.partitions():
-            yield _ndjson(rows) if fmt == "ndjson" else _csv(rows, header=False)
+    async for rows in database.stream(query, BATCH_ROWS):
+        yield _ndjson(rows) if fmt == "ndjson" else _csv(rows, header=False)

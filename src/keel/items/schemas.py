@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from keel.core.conditional import Versioned
 from keel.models import ItemStatus
 
 TAG_PATTERN = r"^[a-z0-9-]{1,32}$"
@@ -34,8 +35,8 @@ def _unique(tags: list[str]) -> list[str]:
 Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS), AfterValidator(_unique)]
 
 
-class ItemRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class ItemRead(Versioned):
+    """An item as every answer shows it; its ETag is its version (`Versioned`)."""
 
     id: uuid.UUID
     owner_id: uuid.UUID

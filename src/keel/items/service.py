@@ -1,9 +1,11 @@
-"""Item rules: create, read, change and delete, each a fixed number of statements.
+"""Item rules: who sees and changes what, each operation a fixed number of statements.
 
-A change is one conditional UPDATE (or DELETE) ... RETURNING: visibility, permission and
-If-Match are all in its WHERE clause and `version` grows in the statement itself, so two
-racing writers can never both succeed against the same version. Only when nothing
-matched does a second statement find out why (404, 403 or 412).
+Visibility is decided here, once, as the owner a statement is narrowed to: a user's
+own items, or (moderators and admins reading, admins writing) anyone's. A change is one
+conditional UPDATE (or DELETE) ... RETURNING: visibility, permission and If-Match are
+all in its WHERE clause and `version` grows in the statement itself, so two racing
+writers can never both succeed against the same version. Only when nothing matched
+does a second statement find out why (404, 403 or 412).
 """
 
 from __future__ import annotations
@@ -11,88 +13,96 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Select
 
 from keel.auth.deps import Principal
+from keel.auth.permissions import Permission
+from keel.core.broker import Broker
 from keel.core.conditional import IfMatch
+from keel.core.db import Unit
 from keel.core.errors import AppError, Forbidden, NotFound, PreconditionFailed
-from keel.core.resources import Resources
+from keel.core.pagination import CursorCodec, PageParams, Window, paginate
 from keel.items import events, repository
-from keel.items.schemas import ItemWrite
-from keel.models import Item
-from keel.models.base import utcnow
+from keel.items.repository import ItemRow
+from keel.items.schemas import ItemFilters, ItemWrite
 
 
-async def create(
-    resources: Resources, session: AsyncSession, principal: Principal, body: ItemWrite
-) -> Item:
-    item = Item(owner_id=principal.user_id, version=1, **body.model_dump())
-    session.add(item)
-    await session.flush()
-    events.publish_after_commit(session, resources.broker, "item.created", item)
-    return item
+def readable_owner(principal: Principal) -> uuid.UUID | None:
+    """The owner whose items the caller may read (None: every owner's)."""
+    return None if principal.can(Permission.ITEMS_READ_ANY) else principal.user_id
 
 
-async def get(session: AsyncSession, principal: Principal, item_id: uuid.UUID) -> Item:
-    item = (await session.scalars(repository.one_readable(principal, item_id))).one_or_none()
+def writable_owner(principal: Principal) -> uuid.UUID | None:
+    """The owner whose items the caller may change (None: every owner's)."""
+    return None if principal.can(Permission.ITEMS_WRITE_ANY) else principal.user_id
+
+
+def _listed_owner(principal: Principal, filters: ItemFilters) -> uuid.UUID | None:
+    owner = readable_owner(principal)
+    if owner is not None and filters.owner_id not in (None, owner):
+        raise Forbidden("Only moderators and admins may list other users' items")
+    return owner
+
+
+async def list_page(
+    db: Unit,
+    cursors: CursorCodec,
+    principal: Principal,
+    filters: ItemFilters,
+    params: PageParams,
+) -> Window[Any]:
+    query = repository.matching(_listed_owner(principal, filters), filters)
+    return await paginate(db, query, params, id_column=repository.COLUMNS.id, codec=cursors)
+
+
+def export_query(principal: Principal, filters: ItemFilters) -> Select[Any]:
+    """What an export streams; refused (403) before the first byte, not mid-stream."""
+    return repository.for_export(_listed_owner(principal, filters), filters)
+
+
+async def get(db: Unit, principal: Principal, item_id: uuid.UUID) -> ItemRow:
+    item = await repository.find(db, item_id, readable_owner(principal))
     if item is None:
         raise NotFound("Item not found")
     return item
 
 
-def _write_conditions(principal: Principal, item_id: uuid.UUID, precondition: IfMatch) -> list[Any]:
-    conditions = [Item.id == item_id, *repository.writable_by(principal)]
-    if precondition.versions is not None:
-        conditions.append(Item.version.in_(precondition.versions))
-    return conditions
+async def create(db: Unit, broker: Broker, principal: Principal, body: ItemWrite) -> ItemRow:
+    item = await repository.add(db, principal.user_id, body.model_dump())
+    events.publish_after_commit(db, broker, "item.created", item)
+    return item
 
 
-async def _refusal(session: AsyncSession, principal: Principal, item_id: uuid.UUID) -> AppError:
+async def _refusal(db: Unit, principal: Principal, item_id: uuid.UUID) -> AppError:
     """Nothing matched a write: the error that says why, in the order a client can act on."""
-    item = await get(session, principal, item_id)  # 404 when the caller cannot see it
-    if not repository.writable_by(principal) or item.owner_id == principal.user_id:
+    item = await get(db, principal, item_id)  # 404 when the caller cannot see it
+    if writable_owner(principal) in (None, item["owner_id"]):
         return PreconditionFailed("The item has changed: fetch it again")
     return Forbidden("Only the owner or an admin may change this item")
 
 
 async def change(
-    resources: Resources,
-    session: AsyncSession,
+    db: Unit,
+    broker: Broker,
     principal: Principal,
     item_id: uuid.UUID,
     values: dict[str, Any],
     precondition: IfMatch,
-) -> Item:
+) -> ItemRow:
     """Apply `values` (all fields for PUT, the sent ones for PATCH); version + 1."""
-    statement = (
-        update(Item)
-        .where(*_write_conditions(principal, item_id, precondition))
-        .values(**values, version=Item.version + 1, updated_at=utcnow())
-        .returning(Item)
-        .execution_options(synchronize_session=False, populate_existing=True)
+    item = await repository.change(
+        db, item_id, writable_owner(principal), precondition.versions, values
     )
-    item = (await session.scalars(statement)).one_or_none()
     if item is None:
-        raise await _refusal(session, principal, item_id)
-    events.publish_after_commit(session, resources.broker, "item.updated", item)
+        raise await _refusal(db, principal, item_id)
+    events.publish_after_commit(db, broker, "item.updated", item)
     return item
 
 
 async def remove(
-    resources: Resources,
-    session: AsyncSession,
-    principal: Principal,
-    item_id: uuid.UUID,
-    precondition: IfMatch,
+    db: Unit, broker: Broker, principal: Principal, item_id: uuid.UUID, precondition: IfMatch
 ) -> None:
-    statement = (
-        delete(Item)
-        .where(*_write_conditions(principal, item_id, precondition))
-        .returning(Item)
-        .execution_options(synchronize_session=False)
-    )
-    item = (await session.scalars(statement)).one_or_none()
+    item = await repository.remove(db, item_id, writable_owner(principal), precondition.versions)
     if item is None:
-        raise await _refusal(session, principal, item_id)
-    events.publish_after_commit(session, resources.broker, "item.deleted", item)
+        raise await _refusal(db, principal, item_id)
+    events.publish_after_commit(db, broker, "item.deleted", item)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
-from keel.auth.deps import CurrentPrincipal, CurrentUser, PasswordLogin, require
+from keel.auth.deps import CurrentPrincipal, CurrentUser, PasswordLogin, Revocations, require
 from keel.auth.permissions import Permission
 from keel.core.db import DbSession
-from keel.core.pagination import Page, PageParams, page_params, paginate
-from keel.core.resources import resources_of
+from keel.core.deps import AppSettings, Cursors, Jobs, Passwords
+from keel.core.pagination import Page, PageParams, page_params
 from keel.core.routing import KeelRoute
-from keel.models import Role, User
-from keel.users import service
+from keel.models import Role
+from keel.users import repository, service
 from keel.users.schemas import (
     PasswordChange,
     UserAdminUpdate,
@@ -26,7 +26,12 @@ from keel.users.schemas import (
 router = APIRouter(prefix="/api/v1/users", tags=["users"], route_class=KeelRoute)
 
 UserPage = Annotated[
-    PageParams, Depends(page_params({"created_at": User.created_at, "email": User.email}))
+    PageParams,
+    Depends(
+        page_params(
+            {"created_at": repository.COLUMNS.created_at, "email": repository.COLUMNS.email}
+        )
+    ),
 ]
 Reader = Annotated[CurrentPrincipal, Depends(require(Permission.USERS_READ))]
 Manager = Annotated[CurrentPrincipal, Depends(require(Permission.USERS_MANAGE))]
@@ -43,11 +48,13 @@ async def update_me(
     body: UserSelfUpdate,
     principal: CurrentPrincipal,
     user: CurrentUser,
-    request: Request,
-    session: DbSession,
+    db: DbSession,
+    passwords: Passwords,
+    jobs: Jobs,
+    settings: AppSettings,
 ) -> Any:
     """Change the caller's name or e-mail (the e-mail needs the current password)."""
-    return await service.update_self(resources_of(request), session, principal, user, body)
+    return await service.update_self(db, passwords, jobs, settings, principal, user, body)
 
 
 @router.post("/me/password", status_code=204)
@@ -55,56 +62,52 @@ async def change_password(
     body: PasswordChange,
     principal: PasswordLogin,
     user: CurrentUser,
-    request: Request,
-    session: DbSession,
+    db: DbSession,
+    passwords: Passwords,
+    jobs: Jobs,
+    revocations: Revocations,
 ) -> None:
     """Change the caller's password; their other sessions end."""
     await service.change_own_password(
-        resources_of(request), session, principal, user, body.current_password, body.new_password
+        db, passwords, jobs, revocations, principal, user, body.current_password, body.new_password
     )
 
 
 @router.delete("/me", status_code=204)
 async def delete_me(
-    _principal: PasswordLogin, user: CurrentUser, request: Request, session: DbSession
+    _principal: PasswordLogin, user: CurrentUser, db: DbSession, revocations: Revocations
 ) -> None:
     """Delete the caller's account with everything it owns."""
-    await service.delete_user(resources_of(request), session, user)
+    await service.delete_user(db, revocations, user)
 
 
 @router.get("", response_model=Page[UserRead])
 async def list_users(
     _reader: Reader,
-    session: DbSession,
-    request: Request,
+    db: DbSession,
+    cursors: Cursors,
     params: UserPage,
     q: Annotated[str | None, Query(max_length=100, description="E-mail or name contains")] = None,
     role: Role | None = None,
     is_active: bool | None = None,
 ) -> Any:
     """List users (moderators and admins)."""
-    window = await paginate(
-        session,
-        service.list_query(q, role, is_active),
-        params,
-        id_column=User.id,
-        codec=resources_of(request).cursors,
-    )
-    return Page[UserRead].of(window)
+    window = await service.list_page(db, cursors, params, q, role, is_active)
+    return window.as_page()
 
 
 @router.post("", status_code=201, response_model=UserRead)
 async def create_user(
-    body: UserCreate, _manager: Manager, request: Request, session: DbSession
+    body: UserCreate, _manager: Manager, db: DbSession, passwords: Passwords
 ) -> Any:
     """Create a user (admins)."""
-    return await service.create_by_admin(resources_of(request), session, body)
+    return await service.create_by_admin(db, passwords, body)
 
 
 @router.get("/{user_id}", response_model=UserRead)
-async def read_user(user_id: uuid.UUID, _reader: Reader, session: DbSession) -> Any:
+async def read_user(user_id: uuid.UUID, _reader: Reader, db: DbSession) -> Any:
     """Read any user (moderators and admins)."""
-    return await service.get_user(session, user_id)
+    return await service.get_user(db, user_id)
 
 
 @router.patch("/{user_id}", response_model=UserRead)
@@ -112,18 +115,20 @@ async def update_user(
     user_id: uuid.UUID,
     body: UserAdminUpdate,
     _manager: Manager,
-    request: Request,
-    session: DbSession,
+    db: DbSession,
+    jobs: Jobs,
+    settings: AppSettings,
+    revocations: Revocations,
 ) -> Any:
     """Change any user (admins); deactivation ends the user's sessions at once."""
-    user = await service.get_user(session, user_id)
-    return await service.update_by_admin(resources_of(request), session, user, body)
+    user = await service.get_user(db, user_id)
+    return await service.update_by_admin(db, jobs, settings, revocations, user, body)
 
 
 @router.delete("/{user_id}", status_code=204)
 async def delete_user(
-    user_id: uuid.UUID, _manager: Manager, request: Request, session: DbSession
+    user_id: uuid.UUID, _manager: Manager, db: DbSession, revocations: Revocations
 ) -> None:
     """Delete any user (admins)."""
-    user = await service.get_user(session, user_id)
-    await service.delete_user(resources_of(request), session, user)
+    user = await service.get_user(db, user_id)
+    await service.delete_user(db, revocations, user)

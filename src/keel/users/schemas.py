@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
+from keel.auth.schemas import UserRead
 from keel.models import Role
+
+__all__ = [
+    "PasswordChange",
+    "UserAdminUpdate",
+    "UserCreate",
+    "UserRead",
+    "UserSelfUpdate",
+]
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class UserRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    email: str
-    full_name: str | None
-    role: Role
-    is_active: bool
-    is_verified: bool
-    created_at: datetime
-    updated_at: datetime
 
 
 class UserSelfUpdate(Body):

@@ -3,135 +3,139 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.auth import repository as accounts
 from keel.auth.deps import Principal
+from keel.auth.repository import UserRow
+from keel.auth.revocation import SessionRevocations
 from keel.auth.service import create_user, normalise_email, send_verification, set_password
 from keel.auth.sessions import end_sessions
+from keel.config import Settings
+from keel.core.db import Unit
 from keel.core.errors import Conflict, Forbidden, NotFound
-from keel.core.resources import Resources
-from keel.core.sql import LIKE_ESCAPE, contains_pattern
-from keel.models import AuthSession, Role, User
+from keel.core.jobs import JobQueue
+from keel.core.pagination import CursorCodec, PageParams, Window, paginate
+from keel.core.security.passwords import PasswordHasher
+from keel.models import Role
+from keel.users import repository
 from keel.users.schemas import UserAdminUpdate, UserCreate, UserSelfUpdate
 
+_TAKEN = "An account with this e-mail already exists"
 
-async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
-    user = await session.get(User, user_id)
+
+async def get_user(db: Unit, user_id: uuid.UUID) -> UserRow:
+    user = await accounts.find_user(db, user_id)
     if user is None:
         raise NotFound("User not found")
     return user
 
 
-async def _ensure_not_last_admin(session: AsyncSession, user: User) -> None:
+async def _ensure_not_last_admin(db: Unit, user: UserRow) -> None:
     """409 when `user` is the only active admin (the change would leave none)."""
-    if user.role != Role.ADMIN or not user.is_active:
+    if user["role"] != Role.ADMIN or not user["is_active"]:
         return
-    # Two admins demoting each other at once must not both pass this check. A no-op
-    # UPDATE (not SELECT ... FOR UPDATE, which SQLite ignores) takes the write locks
-    # first: the active admins' rows on PostgreSQL, the database on SQLite. The other
-    # request then waits for this one to commit and counts what it left.
-    admins = (
-        await session.execute(
-            update(User)
-            .where(User.role == Role.ADMIN, User.is_active.is_(True))
-            .values(updated_at=User.updated_at)
-            .returning(User.id)
-            .execution_options(synchronize_session=False)
-        )
-    ).all()
-    if len(admins) <= 1:
+    if await repository.lock_active_admins(db) <= 1:
         raise Conflict("The last active admin cannot be removed, demoted or deactivated")
 
 
-async def _change_email(
-    resources: Resources, session: AsyncSession, user: User, email: str
-) -> None:
+async def _new_email(db: Unit, user: UserRow, email: str | None) -> str | None:
+    """The address `email` normalised, if it changes the user's (409 when taken)."""
+    if email is None:
+        return None
     email = normalise_email(email)
-    if email == user.email:
-        return
-    taken = await session.scalar(select(func.count()).where(User.email == email))
-    if taken:
-        raise Conflict("An account with this e-mail already exists")
-    user.email = email
-    user.is_verified = False
+    if email == user["email"]:
+        return None
+    if await repository.email_taken(db, email):
+        raise Conflict(_TAKEN)
+    return email
+
+
+async def _update(db: Unit, user: UserRow, values: dict[str, Any]) -> UserRow:
+    if not values:
+        return user
     try:
         # The unique index decides races (two accounts taking one address at once): the
         # loser gets 409, not a 500.
-        await session.flush()
+        updated = await accounts.update_user(db, user["id"], values)
     except IntegrityError as exc:
-        raise Conflict("An account with this e-mail already exists") from exc
-    await send_verification(resources, session, user)
+        raise Conflict(_TAKEN) from exc
+    if updated is None:
+        raise NotFound("User not found")
+    return updated
 
 
 async def update_self(
-    resources: Resources,
-    session: AsyncSession,
+    db: Unit,
+    passwords: PasswordHasher,
+    jobs: JobQueue,
+    settings: Settings,
     principal: Principal,
-    user: User,
+    user: UserRow,
     body: UserSelfUpdate,
-) -> User:
-    changes = body.model_dump(exclude_unset=True)
-    if "full_name" in changes:
-        user.full_name = body.full_name
-    if body.email is not None and normalise_email(body.email) != user.email:
+) -> UserRow:
+    values: dict[str, Any] = {}
+    if "full_name" in body.model_fields_set:
+        values["full_name"] = body.full_name
+    if body.email is not None and normalise_email(body.email) != user["email"]:
         if principal.via_api_key:
             raise Forbidden("Changing the e-mail needs a sign-in with a password")
-        matches, _ = await resources.passwords.verify(
-            body.current_password or "", user.hashed_password
-        )
+        matches, _ = await passwords.verify(body.current_password or "", user["hashed_password"])
         if not matches:
             raise Forbidden("The current password is wrong")
-        await _change_email(resources, session, user, body.email)
-    await session.flush()
-    return user
+    email = await _new_email(db, user, body.email)
+    if email is not None:
+        values |= {"email": email, "is_verified": False}
+    updated = await _update(db, user, values)
+    if email is not None:
+        await send_verification(db, jobs, settings, updated)
+    return updated
 
 
 async def change_own_password(
-    resources: Resources,
-    session: AsyncSession,
+    db: Unit,
+    passwords: PasswordHasher,
+    jobs: JobQueue,
+    revocations: SessionRevocations,
     principal: Principal,
-    user: User,
+    user: UserRow,
     current_password: str,
     new_password: str,
 ) -> None:
-    matches, _ = await resources.passwords.verify(current_password, user.hashed_password)
+    matches, _ = await passwords.verify(current_password, user["hashed_password"])
     if not matches:
         raise Forbidden("The current password is wrong")
-    await set_password(resources, session, user, new_password, keep_session=principal.session_id)
+    await set_password(
+        db, passwords, jobs, revocations, user, new_password, keep_session=principal.session_id
+    )
 
 
-async def delete_user(resources: Resources, session: AsyncSession, user: User) -> None:
-    await _ensure_not_last_admin(session, user)
+async def delete_user(db: Unit, revocations: SessionRevocations, user: UserRow) -> None:
+    await _ensure_not_last_admin(db, user)
     # Record the sessions as ended first, so their access tokens stop at once; the rows
-    # then go with the user (ON DELETE CASCADE), as do items, files and keys.
-    await end_sessions(resources, session, AuthSession.user_id == user.id, "account_deleted")
-    await session.execute(delete(User).where(User.id == user.id))
+    # then go with the user.
+    await end_sessions(db, revocations, accounts.of_user(user["id"]), "account_deleted")
+    await repository.remove(db, user["id"])
 
 
-def list_query(q: str | None, role: Role | None, is_active: bool | None) -> Select[User]:
-    conditions: list[ColumnElement[bool]] = []
-    if q:
-        pattern = contains_pattern(q.lower())
-        conditions.append(
-            or_(
-                User.email.like(pattern, escape=LIKE_ESCAPE),
-                func.lower(User.full_name).like(pattern, escape=LIKE_ESCAPE),
-            )
-        )
-    if role is not None:
-        conditions.append(User.role == role)
-    if is_active is not None:
-        conditions.append(User.is_active.is_(is_active))
-    return select(User).where(*conditions)
+async def list_page(
+    db: Unit,
+    cursors: CursorCodec,
+    params: PageParams,
+    q: str | None,
+    role: Role | None,
+    is_active: bool | None,
+) -> Window[Any]:
+    query = repository.matching(q, role, is_active)
+    return await paginate(db, query, params, id_column=repository.COLUMNS.id, codec=cursors)
 
 
-async def create_by_admin(resources: Resources, session: AsyncSession, body: UserCreate) -> User:
+async def create_by_admin(db: Unit, passwords: PasswordHasher, body: UserCreate) -> UserRow:
     return await create_user(
-        resources.passwords,
-        session,
+        db,
+        passwords,
         email=body.email,
         password=body.password,
         full_name=body.full_name,
@@ -142,33 +146,39 @@ async def create_by_admin(resources: Resources, session: AsyncSession, body: Use
 
 
 async def update_by_admin(
-    resources: Resources, session: AsyncSession, user: User, body: UserAdminUpdate
-) -> User:
-    changes = body.model_dump(exclude_unset=True)
+    db: Unit,
+    jobs: JobQueue,
+    settings: Settings,
+    revocations: SessionRevocations,
+    user: UserRow,
+    body: UserAdminUpdate,
+) -> UserRow:
     # An explicit `"role": null` changes nothing (like the other null fields below): it
     # must neither trip the last-admin rule nor end the user's sessions.
-    demoted = body.role is not None and body.role != user.role
-    deactivated = changes.get("is_active") is False and user.is_active
-    if (demoted and user.role == Role.ADMIN) or deactivated:
-        await _ensure_not_last_admin(session, user)
-    if "full_name" in changes:
-        user.full_name = body.full_name
-    if body.email is not None:
-        await _change_email(resources, session, user, body.email)
-    if body.is_verified is not None:
-        user.is_verified = body.is_verified
-    if body.role is not None:
-        user.role = body.role
-    if body.is_active is not None:
-        user.is_active = body.is_active
+    demoted = body.role is not None and body.role != user["role"]
+    deactivated = body.is_active is False and user["is_active"]
+    if (demoted and user["role"] == Role.ADMIN) or deactivated:
+        await _ensure_not_last_admin(db, user)
+    values: dict[str, Any] = {}
+    if "full_name" in body.model_fields_set:
+        values["full_name"] = body.full_name
+    email = await _new_email(db, user, body.email)
+    if email is not None:
+        values |= {"email": email, "is_verified": False}
+    for field in ("is_verified", "role", "is_active"):
+        value = getattr(body, field)
+        if value is not None:
+            values[field] = value
+    updated = await _update(db, user, values)
+    if email is not None:
+        await send_verification(db, jobs, settings, updated)
     # Access tokens carry the role, and a deactivated user must be out at once: either
     # change ends the user's sessions, so the next request sees the new state.
     if deactivated or demoted:
         await end_sessions(
-            resources,
-            session,
-            AuthSession.user_id == user.id,
+            db,
+            revocations,
+            accounts.of_user(user["id"]),
             "deactivated" if deactivated else "role_changed",
         )
-    await session.flush()
-    return user
+    return updated

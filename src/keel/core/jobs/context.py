@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keel.config import Settings
-from keel.core.db import create_engine, create_sessionmaker
+from keel.core.db import Database, create_engine, create_sessionmaker
 from keel.core.mail import MailBackend, create_backend
 from keel.core.metrics import Metrics
 
@@ -23,6 +23,12 @@ class JobContext:
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     mail: MailBackend
+
+    @property
+    def database(self) -> Database:
+        """Units of work for jobs, through SQLAlchemy's engine: jobs are off the request
+        path, so they share its engine rather than the request pool."""
+        return Database(self.sessionmaker.kw["bind"], None, self.settings.database.pool_timeout)
 
 
 @contextlib.asynccontextmanager

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from keel.core.db import after_commit
+from keel.core.db import Unit
 from keel.core.jobs.definition import JobCall
 
 
@@ -20,10 +18,10 @@ class JobQueue(Protocol):
     async def close(self) -> None: ...
 
 
-def enqueue_after_commit(session: AsyncSession, queue: JobQueue, call: JobCall) -> None:
-    """Enqueue `call` once this session's transaction commits; on rollback, never."""
+def enqueue_after_commit(unit: Unit, queue: JobQueue, call: JobCall) -> None:
+    """Enqueue `call` once this unit's transaction commits; on rollback, never."""
 
     async def send() -> None:
         await queue.enqueue(call)
 
-    after_commit(session, send)
+    unit.after_commit(send)

@@ -1,7 +1,10 @@
-"""Everything a running app holds open, opened and closed by its lifespan.
+"""The composition root: everything a running app holds open, opened and closed by its
+lifespan, and the only module that knows every backend.
 
 Nothing here is created at import time: `open_resources` builds it all from settings
-and closes it all, in reverse order, however start-up or shutdown goes.
+and closes it all, in reverse order, however start-up or shutdown goes. `install`
+names each resource on the app's state, where the typed dependencies of core/deps.py
+(and auth/deps.py) read them: routes declare what they use, nothing looks it up.
 """
 
 from __future__ import annotations
@@ -9,18 +12,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import structlog
+from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from starlette.requests import HTTPConnection
 
+from keel.auth.deps import Authenticator
 from keel.auth.revocation import InProcessRevocations, RedisRevocations, SessionRevocations
+from keel.auth.sessions import Issuer
 from keel.config import Settings
 from keel.core.broker import Broker, InProcessBroker, RedisBroker
 from keel.core.client_ip import ClientIpResolver
-from keel.core.db import create_engine, create_sessionmaker
+from keel.core.db import Database, create_engine, create_sessionmaker
 from keel.core.jobs import Job, JobContext, JobOutcomes, JobQueue, Periodic
 from keel.core.jobs.inprocess import InProcessRunner
 from keel.core.jobs.redis_queue import DramatiqQueue, create_broker
@@ -40,6 +46,9 @@ log = structlog.get_logger("keel.resources")
 class Resources:
     settings: Settings
     engine: AsyncEngine
+    # The request path's units of work (core/db.py); the sessionmaker is for jobs and
+    # tests that want SQLAlchemy's ORM session on the same engine.
+    database: Database
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: Redis | None
     broker: Broker
@@ -52,12 +61,29 @@ class Resources:
     cursors: CursorCodec
     client_ip: ClientIpResolver
     jobs: JobQueue
+    issuer: Issuer
+    authenticator: Authenticator
 
-
-def resources_of(connection: HTTPConnection) -> Resources:
-    """The running app's resources, as its lifespan opened them."""
-    resources: Resources = connection.app.state.resources
-    return resources
+    def install(self, app: FastAPI) -> None:
+        """Name each resource on the app's state for the typed dependencies."""
+        app.state.resources = self
+        for name in (
+            "settings",
+            "database",
+            "redis",
+            "broker",
+            "metrics",
+            "passwords",
+            "keys",
+            "revocations",
+            "limiter",
+            "cursors",
+            "client_ip",
+            "jobs",
+            "issuer",
+            "authenticator",
+        ):
+            setattr(app.state, name, getattr(self, name))
 
 
 def create_redis(url: str) -> Redis:
@@ -80,6 +106,8 @@ async def open_resources(
     async with contextlib.AsyncExitStack() as stack:
         engine = create_engine(settings)
         stack.push_async_callback(engine.dispose)
+        database = await Database.open(settings, engine)
+        stack.push_async_callback(database.close)
         metrics.watch_pool(engine)
 
         redis: Redis | None = None
@@ -98,9 +126,9 @@ async def open_resources(
         # leeway included, or an ended session's token would work again for a moment.
         access_ttl = settings.auth.access_token_ttl_seconds + LEEWAY_SECONDS + 5
         revocations: SessionRevocations = (
-            RedisRevocations(redis, settings.redis.key_prefix, sessionmaker, access_ttl)
+            RedisRevocations(redis, settings.redis.key_prefix, database, access_ttl)
             if redis is not None
-            else InProcessRevocations(sessionmaker, access_ttl)
+            else InProcessRevocations(database, access_ttl)
         )
         limiter = RateLimiter.from_settings(settings)
         stack.push_async_callback(limiter.close)
@@ -116,21 +144,29 @@ async def open_resources(
             mail=settings.mail.backend,
             jobs="dramatiq" if settings.jobs_on_dramatiq else "in-process",
         )
+        access_tokens = AccessTokens(keys, settings)
         yield Resources(
             settings=settings,
             engine=engine,
+            database=database,
             sessionmaker=sessionmaker,
             redis=redis,
             broker=broker,
             metrics=metrics,
             passwords=PasswordHasher(settings.auth),
             keys=keys,
-            access_tokens=AccessTokens(keys, settings),
+            access_tokens=access_tokens,
             revocations=revocations,
             limiter=limiter,
             cursors=CursorCodec(load_secret(settings)),
             client_ip=ClientIpResolver(settings.server.trusted_proxies),
             jobs=job_queue,
+            issuer=Issuer(
+                access_tokens,
+                timedelta(days=settings.auth.refresh_token_ttl_days),
+                revocations,
+            ),
+            authenticator=Authenticator(access_tokens, revocations, settings.auth.api_key_prefix),
         )
     log.info("resources_closed")
 

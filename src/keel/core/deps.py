@@ -1,0 +1,41 @@
+"""Typed dependencies for what routes use of the running app: `Broker`, `Jobs`,
+`Limiter`, `Passwords`, `Cursors`, `AppSettings` (the database's is `DbSession`, in
+core/db.py).
+
+The composition root (keel/resources.py) opens each resource once and names it on the
+app's state; these aliases are the only readers of that state, so a route declares
+what it needs, a service receives exactly that, and nothing looks anything up by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from keel.config import Settings
+from keel.core.broker import Broker as BrokerBackend
+from keel.core.jobs.queue import JobQueue
+from keel.core.pagination import CursorCodec
+from keel.core.ratelimit import RateLimiter, get_rate_limiter
+from keel.core.security.passwords import PasswordHasher
+
+
+def app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency returning the app's resource `name` (async: a plain function would
+    be run in a thread on every request)."""
+
+    async def provide(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    provide.__name__ = f"provide_{name}"
+    return provide
+
+
+AppSettings = Annotated[Settings, Depends(app_state("settings"))]
+Broker = Annotated[BrokerBackend, Depends(app_state("broker"))]
+Jobs = Annotated[JobQueue, Depends(app_state("jobs"))]
+Limiter = Annotated[RateLimiter, Depends(get_rate_limiter)]
+Passwords = Annotated[PasswordHasher, Depends(app_state("passwords"))]
+Cursors = Annotated[CursorCodec, Depends(app_state("cursors"))]

@@ -1,0 +1,102 @@
+"""The `Idempotency-Key` header as a route dependency: claim, replay, store."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Header, Request, Response
+
+from keel.auth.deps import CurrentPrincipal
+from keel.core.db import AppDatabase, DbSession
+from keel.core.errors import ValidationFailed
+from keel.core.routing import Answer, on_response
+from keel.idempotency import repository, service
+from keel.idempotency.repository import RecordRow
+
+_KEY = re.compile(r"[!-~]{1,255}")
+REPLAYED_HEADER = "Idempotent-Replayed"
+# Headers a replay writes afresh rather than copying from the stored response.
+_REPLAY_SETS_ITSELF = frozenset({"content-length", "content-type"})
+
+
+def _check_key(key: str) -> None:
+    if not _KEY.fullmatch(key):
+        problem = "Idempotency-Key must be 1 to 255 visible ASCII characters"
+        raise ValidationFailed(
+            problem,
+            details=[{"loc": ["header", "Idempotency-Key"], "msg": problem, "type": "value_error"}],
+        )
+
+
+def _replay(record: RecordRow) -> Response:
+    headers = dict(record["response_headers"] or {})
+    headers[REPLAYED_HEADER] = "true"
+    return Response(
+        content=record["response_body"] or "",
+        status_code=record["status_code"] or 200,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def idempotent(scope: str) -> Callable[..., Awaitable[None]]:
+    """A dependency honouring `Idempotency-Key` for one endpoint (`scope` names it)."""
+
+    async def dependency(
+        request: Request,
+        principal: CurrentPrincipal,
+        database: AppDatabase,
+        db: DbSession,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                description="Retry safely: the same key and body replay the first response.",
+            ),
+        ] = None,
+    ) -> None:
+        if idempotency_key is None:
+            return
+        _check_key(idempotency_key)
+        body_hash = service.request_hash(await request.body())
+        claimed = await service.claim(
+            database, principal.user_id, scope, idempotency_key, body_hash
+        )
+        if claimed.replay is not None:
+            raise Answer(_replay(claimed.replay))
+        record_id = claimed.record_id
+        assert record_id is not None  # noqa: S101 - a claim is a record or a replay
+        stored = False
+
+        async def store(response: Response) -> None:
+            # In the request's transaction: the record completes exactly when the change
+            # commits. Only a success is worth replaying.
+            nonlocal stored
+            if response.status_code >= 400:
+                return
+            headers = {
+                name: value
+                for name, value in response.headers.items()
+                if name not in _REPLAY_SETS_ITSELF
+            }
+            await repository.complete(
+                db, record_id, response.status_code, bytes(response.body).decode(), headers
+            )
+            stored = True
+
+        # Freed once the request's own transaction has ended without storing a response
+        # (after its rollback, so it never waits on the request's locks).
+        async def free_claim() -> None:
+            await service.release(database, record_id)
+
+        async def free_unless_stored() -> None:
+            if not stored:
+                await service.release(database, record_id)
+
+        on_response(request, store)
+        db.after_rollback(free_claim)
+        db.after_commit(free_unless_stored)
+
+    return dependency
