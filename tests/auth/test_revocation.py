@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 from sqlalchemy import update
 
 from keel.auth.revocation import InProcessRevocations, RedisRevocations
-from keel.resources import Resources
 from keel.models import AuthSession
 from keel.models.base import utcnow
+from keel.resources import Resources
 from tests.factories.users import signed_in
 
 pytestmark = pytest.mark.anyio

@@ -9,8 +9,8 @@ import httpx
 from fastapi import FastAPI
 
 from keel.auth.service import create_user
-from keel.resources import Resources
 from keel.models import Role, User
+from keel.resources import Resources
 
 DEFAULT_PASSWORD = "correct horse battery staple"
 _numbers = itertools.count(1)

@@ -10,8 +10,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
 
-from keel.idempotency import IN_FLIGHT_TIMEOUT, claim, purge_expired_records, request_hash
 from keel.core.jobs.inprocess import InProcessRunner
+from keel.idempotency import IN_FLIGHT_TIMEOUT, claim, purge_expired_records, request_hash
 from keel.items import events
 from keel.models import IdempotencyRecord, Item
 from keel.models.base import utcnow

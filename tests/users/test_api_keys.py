@@ -12,8 +12,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import update
 
-from keel.resources import Resources
 from keel.models import ApiKey, Role
+from keel.resources import Resources
 from tests.factories.users import DEFAULT_PASSWORD, SignedIn, login, signed_in
 from tests.support.assertions import assert_error
 from tests.support.mailbox import Mailbox

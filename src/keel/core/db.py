@@ -237,6 +237,8 @@ class _StatementCache:
 
 
 def _as_row(entry: _Compiled, record: Any) -> Row:
+    if entry.keys is None:  # textual SQL: its rows name their columns
+        return dict(record)
     return {
         key: convert(value) if convert is not None and value is not None else value
         for key, convert, value in zip(entry.keys, entry.results, record, strict=True)
@@ -391,10 +393,7 @@ class _PostgresUnit(Unit):
         return result
 
     async def _send(self, entry: _Compiled, args: list[Any]) -> tuple[list[Row], int]:
-        if entry.keys is None:
-            records = await self._connection.fetch(entry.sql, *args)
-            return [dict(record) for record in records], len(records)
-        if entry.keys:
+        if entry.keys is None or entry.keys:
             records = await self._connection.fetch(entry.sql, *args)
             return [_as_row(entry, record) for record in records], len(records)
         return [], _rowcount(await self._connection.execute(entry.sql, *args))
