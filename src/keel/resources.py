@@ -108,7 +108,7 @@ async def open_resources(
         stack.push_async_callback(engine.dispose)
         database = await Database.open(settings, engine)
         stack.push_async_callback(database.close)
-        metrics.watch_pool(engine)
+        database.on_pool_change = metrics.watch_pool(engine, database.pool)
 
         redis: Redis | None = None
         broker: Broker

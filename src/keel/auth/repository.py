@@ -108,6 +108,13 @@ def the_session(session_id: uuid.UUID) -> ColumnElement[bool]:
     return SESSIONS.c.id == session_id
 
 
+def session_of_refresh_token(token_hash: str) -> ColumnElement[bool]:
+    """The session a refresh token (spent or not) belongs to, as a condition: ending it
+    is one UPDATE, with no SELECT first."""
+    owner = select(REFRESH_TOKENS.c.session_id).where(REFRESH_TOKENS.c.token_hash == token_hash)
+    return SESSIONS.c.id == owner.scalar_subquery()
+
+
 def live_sessions_of(user_id: uuid.UUID, now: datetime) -> ColumnElement[bool]:
     return (
         (SESSIONS.c.user_id == user_id)
@@ -206,6 +213,18 @@ async def find_refresh_token(db: Unit, token_hash: str) -> Row | None:
 
 async def add_one_time_token(db: Unit, values: dict[str, Any]) -> None:
     await db.execute(insert(ONE_TIME_TOKENS).values(**values))
+
+
+async def verify_address(db: Unit, user_id: uuid.UUID, email: str) -> bool:
+    """Mark the account verified if it still has the address; False when it has not."""
+    return (
+        await db.execute(
+            update(USERS)
+            .where(USERS.c.id == user_id, USERS.c.email == email)
+            .values(is_verified=True)
+        )
+        > 0
+    )
 
 
 async def redeem_one_time_token(

@@ -143,8 +143,12 @@ async def _redeem(db: Unit, token: str, purpose: OneTimePurpose) -> UserRow:
 
 
 async def verify_email(db: Unit, token: str) -> None:
-    user = await _redeem(db, token, OneTimePurpose.VERIFY_EMAIL)
-    await repository.update_user(db, user["id"], {"is_verified": True})
+    spent = await repository.redeem_one_time_token(
+        db, token_hash(token), OneTimePurpose.VERIFY_EMAIL, utcnow()
+    )
+    # A token for an address the account no longer has verifies nothing.
+    if spent is None or not await repository.verify_address(db, spent["user_id"], spent["email"]):
+        raise BadRequest("The token is invalid, used or expired")
 
 
 async def set_password(

@@ -126,9 +126,8 @@ async def _unusable(db: Unit, issuer: Issuer, hashed: str) -> InvalidGrant:
 async def end_by_refresh_token(
     db: Unit, revocations: SessionRevocations, refresh_token: str
 ) -> None:
-    token = await repository.find_refresh_token(db, token_hash(refresh_token))
-    if token is not None:
-        await end_sessions(db, revocations, repository.the_session(token["session_id"]), "logout")
+    condition = repository.session_of_refresh_token(token_hash(refresh_token))
+    await end_sessions(db, revocations, condition, "logout")
 
 
 async def list_page(

@@ -360,6 +360,7 @@ class _PostgresUnit(Unit):
 
     async def _acquire(self) -> Any:
         connection = await self._pool.acquire(timeout=self.database.acquire_timeout)
+        self.database.on_pool_change()
         if self.write:
             try:
                 await connection.execute("BEGIN")
@@ -402,6 +403,7 @@ class _PostgresUnit(Unit):
         connection, self._connection = self._connection, None
         with contextlib.suppress(Exception):
             await self._pool.release(connection)
+        self.database.on_pool_change()
 
     async def _end(self, *, commit: bool) -> None:
         connection, self._connection = self._connection, None
@@ -412,6 +414,7 @@ class _PostgresUnit(Unit):
                 await connection.execute("COMMIT" if commit else "ROLLBACK")
         finally:
             await self._pool.release(connection)
+            self.database.on_pool_change()
 
 
 class _SqlAlchemyUnit(Unit):
@@ -454,6 +457,8 @@ class Database:
         self.acquire_timeout = acquire_timeout
         self.statements = _StatementCache()
         self._listeners: list[StatementListener] = []
+        # Told when the request pool lends or takes back a connection (metrics).
+        self.on_pool_change: Callable[[], None] = lambda: None
 
     @classmethod
     async def open(cls, settings: Settings, engine: AsyncEngine) -> Database:
@@ -511,6 +516,7 @@ class Database:
             self.pool.acquire(timeout=self.acquire_timeout) as pooled,
             pooled.transaction(readonly=True),
         ):
+            self.on_pool_change()
             rows: list[Row] = []
             async for record in pooled.cursor(entry.sql, *args, prefetch=batch):
                 rows.append(_as_row(entry, record))
@@ -519,6 +525,7 @@ class Database:
                     rows = []
             if rows:
                 yield rows
+        self.on_pool_change()
 
     def listen(self, listener: StatementListener) -> Callable[[], None]:
         """Call `listener` with each statement run on the request pool (tests count

@@ -9,7 +9,8 @@ registry of their own, so several apps in one process (tests) never collide.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -95,30 +96,36 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def watch_pool(self, engine: AsyncEngine) -> None:
-        """Track this process's pool connections as idle or in use, from pool events."""
+    def watch_pool(self, engine: AsyncEngine, requests: Any = None) -> Callable[[], None]:
+        """Track this process's database connections as idle or in use: SQLAlchemy's
+        pool, counted from its events, plus the request pool (an asyncpg pool), read
+        whenever the returned function is called (on each take and give-back)."""
         idle = self.db_pool.labels("idle")
         in_use = self.db_pool.labels("in_use")
+        engine_pool = {"idle": 0, "in_use": 0}
+
+        def refresh() -> None:
+            free, busy = engine_pool["idle"], engine_pool["in_use"]
+            if requests is not None:
+                size, waiting = requests.get_size(), requests.get_idle_size()
+                free, busy = free + waiting, busy + size - waiting
+            idle.set(free)
+            in_use.set(busy)
+
+        def counting(**deltas: int) -> Callable[..., None]:
+            def on_event(*_args: object) -> None:
+                for state, delta in deltas.items():
+                    engine_pool[state] += delta
+                refresh()
+
+            return on_event
+
         pool = engine.sync_engine.pool
-
-        def on_connect(*_args: object) -> None:
-            idle.inc()
-
-        def on_checkout(*_args: object) -> None:
-            idle.dec()
-            in_use.inc()
-
-        def on_checkin(*_args: object) -> None:
-            in_use.dec()
-            idle.inc()
-
-        def on_close(*_args: object) -> None:
-            idle.dec()
-
-        event.listen(pool, "connect", on_connect)
-        event.listen(pool, "checkout", on_checkout)
-        event.listen(pool, "checkin", on_checkin)
-        event.listen(pool, "close", on_close)
+        event.listen(pool, "connect", counting(idle=1))
+        event.listen(pool, "checkout", counting(idle=-1, in_use=1))
+        event.listen(pool, "checkin", counting(in_use=-1, idle=1))
+        event.listen(pool, "close", counting(idle=-1))
+        return refresh
 
     def export_registry(self) -> CollectorRegistry:
         """This process's registry, or one that adds up every process's sample files."""

@@ -105,11 +105,24 @@ def _tagging(endpoint: Callable[..., Awaitable[Any]], field: str) -> Callable[..
     return tagged
 
 
+_IF_NONE_MATCH_PARAMETER = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "An ETag you hold: 304 (no body) while it is current.",
+    "schema": {"type": "string"},
+}
+
+
 class KeelRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         field: str | None = getattr(kwargs.get("response_model"), "etag_field", None)
         if field is not None and inspect.iscoroutinefunction(endpoint):
             endpoint = _tagging(endpoint, field)
+            if _SAFE_METHODS & set(kwargs.get("methods") or ()):
+                extra = dict(kwargs.get("openapi_extra") or {})
+                extra["parameters"] = [*extra.get("parameters", ()), _IF_NONE_MATCH_PARAMETER]
+                kwargs["openapi_extra"] = extra
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

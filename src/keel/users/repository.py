@@ -33,10 +33,6 @@ def matching(q: str | None, role: Role | None, is_active: bool | None) -> Select
     return select(USERS).where(*conditions)
 
 
-async def email_taken(db: Unit, email: str) -> bool:
-    return await db.value(select(COLUMNS.id).where(COLUMNS.email == email)) is not None
-
-
 async def lock_active_admins(db: Unit) -> int:
     """Take the write locks of the active admins' rows (the whole database on SQLite)
     with a no-op UPDATE, and count them. Two admins demoting each other at once then

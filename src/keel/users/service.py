@@ -41,16 +41,13 @@ async def _ensure_not_last_admin(db: Unit, user: UserRow) -> None:
         raise Conflict("The last active admin cannot be removed, demoted or deactivated")
 
 
-async def _new_email(db: Unit, user: UserRow, email: str | None) -> str | None:
+def _new_email(user: UserRow, email: str | None) -> str | None:
     """The address `email` normalised, if it changes the user's (409 when taken)."""
     if email is None:
         return None
     email = normalise_email(email)
-    if email == user["email"]:
-        return None
-    if await repository.email_taken(db, email):
-        raise Conflict(_TAKEN)
-    return email
+    # A taken address is refused by the unique index when the UPDATE runs (409).
+    return None if email == user["email"] else email
 
 
 async def _update(db: Unit, user: UserRow, values: dict[str, Any]) -> UserRow:
@@ -85,7 +82,7 @@ async def update_self(
         matches, _ = await passwords.verify(body.current_password or "", user["hashed_password"])
         if not matches:
             raise Forbidden("The current password is wrong")
-    email = await _new_email(db, user, body.email)
+    email = _new_email(user, body.email)
     if email is not None:
         values |= {"email": email, "is_verified": False}
     updated = await _update(db, user, values)
@@ -162,7 +159,7 @@ async def update_by_admin(
     values: dict[str, Any] = {}
     if "full_name" in body.model_fields_set:
         values["full_name"] = body.full_name
-    email = await _new_email(db, user, body.email)
+    email = _new_email(user, body.email)
     if email is not None:
         values |= {"email": email, "is_verified": False}
     for field in ("is_verified", "role", "is_active"):
