@@ -3,12 +3,13 @@
     python3 bench/report.py OUT_DIR [--strict]
 
 OUT_DIR holds what run.sh wrote:
-- results.tsv: one line per wrk measurement: round, app, endpoint, req/s, p50 ms,
-  p99 ms, errors (the floor's wrk_measure writes it);
+- results.tsv: one line per wrk measurement: label, app, endpoint, req/s, p50 ms,
+  p99 ms, errors (the floor's wrk_measure writes it); the label is "round<N>.<scenario>",
+  as the floor is measured again in each scenario, right before Keel;
 - pairs.tsv: one line per compared pair: scenario, server, target (the least ratio of
   req/s, or -), p99 limit (the most ratio of p99s, or -), then the denominator's app and
   endpoint (the floor, or idle Keel) and the numerator's (Keel);
-- extras.tsv: round, scenario, server, a note to print under that round (412s, logins/s).
+- extras.tsv: label, scenario, server, a note to print under that round (412s, logins/s).
 
 Prints a table per pair and a summary; exits 1 with --strict when a median misses its
 target. Standard library only: it runs under any python3.
@@ -95,7 +96,8 @@ def _show(
         f"{'den p99':>9} {'num p99':>9} {'rps ratio':>10} {'p50 ratio':>10} {'p99 ratio':>10}"
     )
     rps, p50s, p99s = [], [], []
-    for label in rounds:
+    for round_name in rounds:
+        label = f"{round_name}.{pair.scenario}"
         den, num = (
             by.get((label, pair.den_app, pair.den_ep)),
             by.get((label, pair.num_app, pair.num_ep)),
@@ -106,14 +108,14 @@ def _show(
                 if value is not None:
                     bucket.append(value)
             _print(
-                f"{label:<8} {den[0]:>11} {num[0]:>11} {den[1]:>9} {num[1]:>9} {den[2]:>9} "
+                f"{round_name:<8} {den[0]:>11} {num[0]:>11} {den[1]:>9} {num[1]:>9} {den[2]:>9} "
                 f"{num[2]:>9} {_fmt(r):>10} {_fmt(p50):>10} {_fmt(p99):>10}"
             )
             for who, m in ((pair.den_app, den), (pair.num_app, num)):
                 if m[3] != CLEAN:
-                    _print(f"         ! {who} errors in {label}: {m[3]}")
+                    _print(f"         ! {who} errors in {round_name}: {m[3]}")
         for note in extras.get((label, pair.scenario, pair.server), []):
-            _print(f"         {label}: {note}")
+            _print(f"         {round_name}: {note}")
     if not rps:
         _print(f"ratio: NA (no complete round) [{pair.scenario}, {pair.server}]")
         return Verdict(None, None, met=False if pair.target is not None else None)
@@ -148,7 +150,7 @@ def main(argv: list[str]) -> int:
     out, strict = Path(argv[0]), "--strict" in argv[1:]
     results = _rows(out / "results.tsv")
     by = {(r[0], r[1], r[2]): r[3:7] for r in results if len(r) >= 7}
-    rounds = sorted({r[0] for r in results}, key=_round_no)
+    rounds = sorted({r[0].split(".")[0] for r in results}, key=_round_no)
     pairs = [
         Pair(p[0], p[1], _limit(p[2]), _limit(p[3]), p[4], p[5], p[6], p[7])
         for p in _rows(out / "pairs.tsv")

@@ -191,6 +191,7 @@ declare -A TOKENS=() TOKEN_AT=() MADE=()
 # prepare_user EMAIL: the account, made once with `keel users create`.
 prepare_user() {
   [ -z "${MADE[$1]:-}" ] || return 0
+  ensure_keel "${SERVERS%% *}"  # the database is made (and migrated) by the first start
   KEEL_BENCH_PASSWORD="$BENCH_PASSWORD" keel_cli users create "$1" \
     --password-env KEEL_BENCH_PASSWORD >>"$KEEL_LOG" 2>&1 || die "keel users create $1 failed"
   MADE[$1]=1
@@ -200,6 +201,7 @@ prepare_user() {
 bearer_for() {
   local answer now
   now="$(date +%s)"
+  ensure_keel "${SERVERS%% *}"
   if [ -z "${TOKENS[$1]:-}" ] || [ $((now - TOKEN_AT[$1])) -ge "$TOKEN_MAX_AGE" ]; then
     answer="$(client token "$(setup_url)" "$1")" || die "could not sign $1 in"
     TOKENS[$1]="$(json_field access_token <<<"$answer")" || die "no access token for $1: $answer"
@@ -252,6 +254,7 @@ prepare_reader() {
   [[ "$item" =~ ^[0-9a-f-]{36}$ && "$owner" =~ ^[0-9a-f-]{36}$ ]] || die "odd item: $answer"
   add_items "$owner" 9999
   READER_IDS="$TMP/reader_item_ids.txt"
+  export BENCH_ITEM_IDS="$READER_IDS"
   psql_keel "SELECT id FROM items WHERE owner_id = '$owner'" >"$READER_IDS" || die "no item ids"
   [ "$(wc -l <"$READER_IDS")" -eq 10000 ] || die "the reader should own 10,000 items"
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$BEARER" "$(setup_url)/api/v1/items/$item")" = 200 ] ||
@@ -333,14 +336,13 @@ health_beside_logins() {
 # logins_alone SERVER: the login loop alone for DURATION; logins/s, per core, and the
 # CPU time of Keel's processes per login.
 logins_alone() {
-  local server="$1" before after answer per_s cores
+  local server="$1" before after answer cores
   wait_quiet
   before="$(group_cpu_ticks "$(server_pid "$server")")"
   answer="$(client logins "$(server_url "$server")" "$(seconds_of "$DURATION")" "${LOGIN_USERS[@]}")" ||
     die "the login loop failed"
   after="$(group_cpu_ticks "$(server_pid "$server")")"
   cores="$(nproc)"
-  per_s="$(json_field per_second <<<"$answer")"
   add_note health_under_logins "$server" "$(python3 - "$answer" "$before" "$after" "$cores" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
 answer, before, after, cores, hz = json.loads(sys.argv[1]), *map(int, sys.argv[2:])
@@ -352,7 +354,6 @@ print(f"logins alone ({answer['clients']} clients, {answer['seconds']:.0f} s): "
       f"per login; p50 {answer['p50_ms']} ms, p99 {answer['p99_ms']} ms; statuses {answer['statuses']}")
 EOF
 )"
-  printf '%s\tlogins\t%s\t%s\n' "$LABEL" "keel:$server" "$per_s" >>"$BENCH_OUT/logins.tsv"
 }
 
 # seconds_of DURATION: wrk's duration ("10s", "2m", "10") in whole seconds.
@@ -421,7 +422,6 @@ RESULTS="$BENCH_OUT/results.tsv"  # the floor's wrk_measure appends here
 : >"$RESULTS"
 : >"$BENCH_OUT/pairs.tsv"
 : >"$BENCH_OUT/extras.tsv"
-: >"$BENCH_OUT/logins.tsv"
 
 # ---------------------------------------------------------------- Keel's settings
 # Production settings, as a deployment runs: KEEL_ENV=production refuses to start without
@@ -644,10 +644,25 @@ measure_floor() {
 measure_keel() {
   local server="$1" ep="$2" path="$3"
   shift 3
+  check_lua_inputs "$@"
   ensure_keel "$server"
   wait_quiet
   SERVER_PID="$(worker_pid "$server")"
   wrk_measure "keel:$server" "$ep" "$(server_url "$server")$path" "$@"
+}
+
+# check_lua_inputs [wrk args...]: the data file each of our lua scripts reads is there.
+# (wrk prints a script's error and goes on with plain requests to its URL, so a missing
+# file would be measured, not reported.)
+check_lua_inputs() {
+  local var
+  case "$*" in
+    *keel_item_read.lua*) var=BENCH_ITEM_IDS ;;
+    *keel_item_patch.lua*) var=BENCH_PATCH_STATE ;;
+    *keel_refresh.lua*) var=BENCH_REFRESH_POOL ;;
+    *) return 0 ;;
+  esac
+  [ -s "${!var:-}" ] || die "the lua script's input \$$var (${!var:-unset}) is missing or empty"
 }
 
 # add_pair SCENARIO SERVER TARGET P99_LIMIT DEN_APP DEN_EP NUM_APP NUM_EP (once each)
@@ -700,8 +715,11 @@ done
 # is in results.tsv and in the tables below.
 for ROUND in $(seq 1 "$ROUNDS"); do
   echo "## round $ROUND/$ROUNDS"
-  LABEL="round$ROUND"
-  for s in "${selected[@]}"; do "scenario_$s"; done
+  for s in "${selected[@]}"; do
+    # The first column of results.tsv: a floor app is measured once per scenario.
+    LABEL="round$ROUND.$s"
+    "scenario_$s"
+  done
 done
 
 if awk -F'\t' '$4=="NA"{bad=1} END{exit !bad}' "$RESULTS"; then
