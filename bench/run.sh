@@ -24,7 +24,7 @@
 #   KEEL_BENCH_DB=keel_bench_run   Keel's throwaway database on the same server: made,
 #                     migrated with `keel db upgrade`, dropped at the end however the run ends
 #   LOGIN_CLIENTS=8   concurrent password logins in health_under_logins
-#   REFRESH_POOL=256  live refresh tokens kept for the refresh scenario
+#   REFRESH_POOL=<4 x CONNS>  live refresh tokens kept for the refresh scenario
 #   BENCH_METRICS_MULTIPROC=1   run every Keel server with a fresh PROMETHEUS_MULTIPROC_DIR
 #                     (what `keel serve --workers N>1` prepares); unset: none, as
 #                     `keel serve --workers 1` runs
@@ -55,7 +55,7 @@ BENCH_KEEP_LOGS="${BENCH_KEEP_LOGS:-}"
 BENCH_METRICS_MULTIPROC="${BENCH_METRICS_MULTIPROC:-}"
 KEEL_BENCH_DB="${KEEL_BENCH_DB:-keel_bench_run}"
 LOGIN_CLIENTS="${LOGIN_CLIENTS:-8}"
-REFRESH_POOL="${REFRESH_POOL:-256}"
+REFRESH_POOL="${REFRESH_POOL:-}"  # default: 4 x CONNS (set once CONNS is known)
 # Every bench account's password: throwaway accounts in a throwaway database.
 export BENCH_PASSWORD="bench passphrase 2026"
 # Access tokens last 900 s: one older than this is replaced before a measurement.
@@ -401,6 +401,9 @@ fi
 BENCH_LIB_ONLY=1 source "$FLOOR_DIR/run_baseline.sh" || die "could not load $FLOOR_DIR/run_baseline.sh"
 set +e  # the helpers return non-zero in ordinary cases; failures are checked by hand
 export BENCH_WRK_THREADS="$THREADS"  # the lua scripts split their items and tokens by thread
+# Each wrk run (warm-up, measured run) loses at most CONNS tokens, those in flight when it
+# stops; four times CONNS leaves every connection a token in the measured run.
+REFRESH_POOL="${REFRESH_POOL:-$((CONNS * 4))}"
 
 # The floor's database, made and seeded as run_baseline.sh's own main section does.
 if ! psql "$BENCH_DSN" -Atc 'select count(*) from users' >/dev/null 2>&1; then
@@ -722,6 +725,7 @@ for ROUND in $(seq 1 "$ROUNDS"); do
   done
 done
 
+echo "# load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$BENCH_OUT/summary.txt"
 if awk -F'\t' '$4=="NA"{bad=1} END{exit !bad}' "$RESULTS"; then
   say "some measurements failed (NA): see $RESULTS"
 fi
