@@ -709,7 +709,10 @@ done
   echo "# floor: bench/floor (raw_starlette, fastapi_hello; one uvicorn worker, flags below)"
   print_versions
   keel_versions
-  for s in $SERVERS; do echo "# keel under $s: $(server_command "$s")"; done
+  for s in $SERVERS; do
+    cmd="$(server_command "$s")"
+    echo "# keel under $s: ${cmd//"$REPO/"/}"  # paths relative to the repository
+  done
   echo "# keel settings: KEEL_ENV=production, JSON log lines to a file, metrics on (token set), signing key file, secret key, KEEL_LIMIT_*=1000000/minute; PostgreSQL database $KEEL_BENCH_DB, no Redis; PROMETHEUS_MULTIPROC_DIR ${BENCH_METRICS_MULTIPROC:+set (a fresh folder per server)}${BENCH_METRICS_MULTIPROC:-unset (as keel serve --workers 1)}"
   echo "# rounds: $ROUNDS  scenarios: ${selected[*]}  servers: $SERVERS"
 } | tee "$BENCH_OUT/summary.txt"
