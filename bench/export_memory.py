@@ -16,7 +16,7 @@ The target (issue: export): peak RSS under 150 MB (143 MiB), flat as the rows gr
 
 The baseline, measured in the same run on the same database (`--no-baseline` skips it):
 `bench/raw_export.py`, pure Starlette + asyncpg + orjson under Uvicorn (one worker, uvloop,
-httptools, no access log, the flags of ../shared/bench), streaming the same rows with the
+httptools, no access log, the flags of bench/floor), streaming the same rows with the
 same fields and bytes as Keel's ndjson from an asyncpg server-side cursor, 1,000 rows at a
 time, with no auth. For each size, `--pairs` times, the baseline's export is measured
 right before Keel's ndjson export, each by a fresh server, the same way (warm-up export
@@ -91,7 +91,7 @@ ADMIN = "admin@bench.example"
 TARGET_BYTES = 150_000_000  # "under 150 MB": read strictly, 143.05 MiB
 TARGET_KIB = TARGET_BYTES // 1024
 BENCH_DIR = Path(__file__).resolve().parent
-# The flags ../shared/bench/run_baseline.sh gives every baseline app.
+# The flags bench/floor/run_baseline.sh gives every floor app.
 UVICORN_FLAGS = [
     "--workers",
     "1",

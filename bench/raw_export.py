@@ -13,7 +13,7 @@ GET /export?tag=<tag>    -> only items whose tags hold <tag> (the warm-up matche
 
 Env: RAW_EXPORT_DSN (default postgresql://postgres@127.0.0.1:5432/keel_bench_export),
      RAW_EXPORT_POOL_SIZE (default 2).
-Run (from bench/), as ../shared/bench/raw_starlette.py is run:
+Run (from bench/), as bench/floor/raw_starlette.py is run:
   uvicorn raw_export:app --host 127.0.0.1 --port 8005 --workers 1 --loop uvloop \
       --http httptools --no-access-log --log-level warning
 """
