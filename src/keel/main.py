@@ -8,6 +8,7 @@ database engine, Redis and the broker, and closes them on shutdown.
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -30,6 +31,7 @@ from keel.core.middleware.observability import ObservabilityMiddleware
 from keel.core.middleware.security_headers import SecurityHeadersMiddleware
 from keel.core.middleware.unhandled import UnhandledErrorMiddleware
 from keel.core.ratelimit import RateLimitHeadersMiddleware
+from keel.core.routing import mount
 from keel.health.router import router as health_router
 from keel.items.router import router as items_router
 from keel.jobs import JOBS, PERIODIC
@@ -92,12 +94,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_docs(app, openapi_url)
 
     install_error_handlers(app)
-    app.include_router(health_router)
-    app.include_router(auth_router)
-    app.include_router(jwks_router)
-    app.include_router(users_router)
-    app.include_router(api_keys_router)
-    app.include_router(items_router)
+    for router in (
+        health_router,
+        auth_router,
+        jwks_router,
+        users_router,
+        api_keys_router,
+        items_router,
+    ):
+        mount(app, router)
 
     # Added innermost first: a request passes observability, security headers, the
     # /health fast path, CORS, compression, the body limit and the last-resort handler.
@@ -126,6 +131,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def settle_garbage_collector() -> None:
+    """Move what start-up built (modules, models, compiled schemas, routes: hundreds of
+    thousands of objects that live as long as the process) out of the collector's sight.
+
+    Profiled under load, full collections walked them all and stopped the event loop
+    for 100-200 ms each, about a sixth of the loop's CPU; frozen, a collection looks
+    only at what requests allocate.
+    """
+    gc.collect()
+    gc.freeze()
+    # A young collection looks at the container objects still alive since the last
+    # one; a request's die by reference counting, so collecting after every 700
+    # allocations (the default) mostly finds nothing, thousands of times a second.
+    gc.set_threshold(50_000, 20, 20)
+
+
 def app_factory() -> FastAPI:
     """Entry point for servers (`uvicorn --factory keel.main:app_factory`): settings from env."""
-    return create_app(Settings())
+    app = create_app(Settings())
+    settle_garbage_collector()
+    return app

@@ -152,7 +152,8 @@ class _Compiled:
     # The statement's columns (SELECT or RETURNING): keys and conversions; none for a
     # command that returns no rows; None for textual SQL, whose rows name themselves.
     keys: tuple[str, ...] | None
-    results: tuple[Convert | None, ...]
+    # (key, conversion) of the columns whose values need one (enums, UTC datetimes).
+    results: tuple[tuple[str, Convert], ...]
 
 
 # Statements built once at import, with their cache keys: id -> (statement, key).
@@ -165,6 +166,11 @@ def prepared(statement: S) -> S:
     construct: Any = statement
     _PREPARED[id(statement)] = (statement, construct._generate_cache_key())
     return statement
+
+
+def is_prepared(statement: Executable) -> bool:
+    known = _PREPARED.get(id(statement))
+    return known is not None and known[0] is statement
 
 
 def _default_value(default: Any) -> Any:
@@ -230,8 +236,9 @@ class _StatementCache:
             ),
             keys=None if textual else tuple(column.key for column in columns),
             results=tuple(
-                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                (column.key, convert)
                 for column in columns
+                if (convert := column.type.dialect_impl(dialect).result_processor(dialect, None))
             ),
         )
 
@@ -239,10 +246,12 @@ class _StatementCache:
 def _as_row(entry: _Compiled, record: Any) -> Row:
     if entry.keys is None:  # textual SQL: its rows name their columns
         return dict(record)
-    return {
-        key: convert(value) if convert is not None and value is not None else value
-        for key, convert, value in zip(entry.keys, entry.results, record, strict=True)
-    }
+    row = dict(zip(entry.keys, record, strict=True))
+    for key, convert in entry.results:
+        value = row[key]
+        if value is not None:
+            row[key] = convert(value)
+    return row
 
 
 def _rowcount(status: str) -> int:

@@ -23,10 +23,10 @@ from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel, Field, WithJsonSchema
-from sqlalchemy import ColumnElement, Select, func, select, tuple_
+from sqlalchemy import ColumnElement, Select, bindparam, func, select, tuple_
 from sqlalchemy.orm import QueryableAttribute
 
-from keel.core.db import Row, Unit
+from keel.core.db import Row, Unit, is_prepared, prepared
 from keel.core.errors import BadRequest, ValidationFailed
 
 DEFAULT_LIMIT = 20
@@ -213,6 +213,54 @@ def page_params(
     return dependency
 
 
+@dataclass(frozen=True, slots=True)
+class _PageStatements:
+    first: Select[Any]  # the first page
+    after: Select[Any]  # a page after a cursor's (sort value, id)
+    count: Select[Any]  # the total
+
+
+# Page statements derived from prepared list statements, built once per sort order:
+# (id of the list statement, sort name) -> (that statement, its page statements).
+_DERIVED: dict[tuple[int, str], tuple[Select[Any], _PageStatements]] = {}
+
+
+def _page_statements(query: Select[Any], sort: SortOrder, id_column: SortColumn) -> _PageStatements:
+    cache_key = (id(query), sort.name)
+    known = _DERIVED.get(cache_key)
+    if known is not None and known[0] is query:
+        return known[1]
+    column = sort.column
+    base = query.order_by(None)
+    if sort.descending:
+        ordered = base.order_by(column.desc(), id_column.desc())
+    else:
+        ordered = base.order_by(column.asc(), id_column.asc())
+    # The key and id are selected beside the row, so the cursor never depends on how
+    # the row names its columns; one row more than the page says whether one follows.
+    keyed = ordered.add_columns(column.label(_PAGE_KEY), id_column.label(_PAGE_ID)).limit(
+        bindparam("keel_limit")
+    )
+    # A row-value comparison: one index range scan on (column, id), on SQLite and
+    # PostgreSQL alike, the cursor's values bound with the columns' types.
+    key = tuple_(column, id_column)
+    start = tuple_(
+        bindparam("keel_after_key", type_=column.type),
+        bindparam("keel_after_id", type_=id_column.type),
+    )
+    statements = _PageStatements(
+        first=keyed,
+        after=keyed.where(key < start if sort.descending else key > start),
+        # Same filters, no cursor: the total describes the whole list, not what is left.
+        count=select(func.count()).select_from(base.subquery()),
+    )
+    if is_prepared(query):
+        for statement in (statements.first, statements.after, statements.count):
+            prepared(statement)
+        _DERIVED[cache_key] = (query, statements)
+    return statements
+
+
 async def paginate(
     db: Unit,
     query: Select[Any],
@@ -220,34 +268,29 @@ async def paginate(
     *,
     id_column: SortColumn,
     codec: CursorCodec,
+    values: dict[str, Any] | None = None,
 ) -> Window[Row]:
-    """One page of `query` (plain columns, already narrowed to what the caller may see),
-    in `params.sort` order: one SELECT, and one COUNT when the total is asked for."""
-    sort, column = params.sort, params.sort.column
-    base = query.order_by(None)
-    page = base
+    """One page of `query` (plain columns, already narrowed to what the caller may see;
+    `values` for its bindparams), in `params.sort` order: one SELECT, and one COUNT
+    when the total is asked for. A list statement marked `prepared` (one per filter
+    combination, values as bindparams) has its page statements built and compiled once."""
+    sort = params.sort
+    statements = _page_statements(query, sort, id_column)
+    bound = {**(values or {}), "keel_limit": params.limit + 1}
+    statement = statements.first
     if params.cursor is not None:
-        value, row_id = codec.decode(params.cursor, sort.name, scope=sort.scope)
-        # A row-value comparison: one index range scan on (column, id), on SQLite and
-        # PostgreSQL alike; the literal tuple is bound with the columns' types.
-        key = tuple_(column, id_column)
-        page = page.where(key < (value, row_id) if sort.descending else key > (value, row_id))
-    if sort.descending:
-        page = page.order_by(column.desc(), id_column.desc())
-    else:
-        page = page.order_by(column.asc(), id_column.asc())
-    # The key and id are selected beside the row, so the cursor never depends on how
-    # the row names its columns; one row more says whether a next page exists.
-    keyed = page.add_columns(column.label(_PAGE_KEY), id_column.label(_PAGE_ID))
-    rows = await db.all(keyed.limit(params.limit + 1))
+        bound["keel_after_key"], bound["keel_after_id"] = codec.decode(
+            params.cursor, sort.name, scope=sort.scope
+        )
+        statement = statements.after
+    rows = await db.all(statement, bound)
     next_cursor = None
     if len(rows) > params.limit:
         last = rows[params.limit - 1]
         next_cursor = codec.encode(sort.name, last[_PAGE_KEY], last[_PAGE_ID], scope=sort.scope)
     total = None
     if params.include_total:
-        # Same filters, no cursor: the total describes the whole list, not what is left.
-        total = await db.value(select(func.count()).select_from(base.subquery()))
+        total = await db.value(statements.count, values)
     page_rows = rows[: params.limit]
     for row in page_rows:
         del row[_PAGE_KEY], row[_PAGE_ID]

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.params import Form
 from fastapi.routing import APIRoute
 
@@ -102,6 +102,7 @@ def _tagging(endpoint: Callable[..., Awaitable[Any]], field: str) -> Callable[..
             raise Answer(Response(status_code=304, headers={"ETag": tag}))
         return result
 
+    tagged.keel_tagged = True  # type: ignore[attr-defined]
     return tagged
 
 
@@ -117,7 +118,8 @@ _IF_NONE_MATCH_PARAMETER = {
 class KeelRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         field: str | None = getattr(kwargs.get("response_model"), "etag_field", None)
-        if field is not None and inspect.iscoroutinefunction(endpoint):
+        tagged = getattr(endpoint, "keel_tagged", False)
+        if field is not None and not tagged and inspect.iscoroutinefunction(endpoint):
             endpoint = _tagging(endpoint, field)
             if _SAFE_METHODS & set(kwargs.get("methods") or ()):
                 extra = dict(kwargs.get("openapi_extra") or {})
@@ -161,3 +163,42 @@ class KeelRoute(APIRoute):
     def _expects_form(self) -> bool:
         field_info = getattr(self.body_field, "field_info", None)
         return isinstance(field_info, Form)
+
+
+def mount(app: FastAPI, router: APIRouter) -> None:
+    """Add a router's routes to the app's own router, as `app.include_router` would but
+    without its per-request layer: FastAPI matches an included router's routes through
+    an effective-route context of its own on every request, which profiling put at a
+    sixth of an authenticated read. The routes keep every setting they were declared
+    with (their paths already carry the router's prefix)."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            raise TypeError(f"only API routes can be mounted, not {route!r}")
+        app.router.add_api_route(
+            route.path,
+            route.endpoint,
+            response_model=route.response_model,
+            status_code=route.status_code,
+            tags=list(route.tags or []),
+            dependencies=list(route.dependencies or []),
+            summary=route.summary,
+            description=route.description,
+            response_description=route.response_description,
+            responses=dict(route.responses or {}),
+            deprecated=route.deprecated,
+            methods=set(route.methods or ()),
+            operation_id=route.operation_id,
+            response_model_include=route.response_model_include,
+            response_model_exclude=route.response_model_exclude,
+            response_model_by_alias=route.response_model_by_alias,
+            response_model_exclude_unset=route.response_model_exclude_unset,
+            response_model_exclude_defaults=route.response_model_exclude_defaults,
+            response_model_exclude_none=route.response_model_exclude_none,
+            include_in_schema=route.include_in_schema,
+            response_class=route.response_class,
+            name=route.name,
+            route_class_override=type(route),
+            callbacks=route.callbacks,
+            openapi_extra=route.openapi_extra,
+            generate_unique_id_function=route.generate_unique_id_function,
+        )

@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
-from sqlalchemy import Select
 
 from keel.core.db import Database, Row
+from keel.items.repository import ListQuery
 from keel.items.schemas import ITEM_FIELDS
 
 BATCH_ROWS = 1000
@@ -64,9 +64,9 @@ def _csv(rows: Sequence[Row], header: bool) -> bytes:
 
 
 async def stream_export(
-    database: Database, query: Select[Any], fmt: ExportFormat
+    database: Database, query: ListQuery, fmt: ExportFormat
 ) -> AsyncIterator[bytes]:
     if fmt == "csv":
         yield _csv([], header=True)
-    async for rows in database.stream(query, BATCH_ROWS):
+    async for rows in database.stream(query.statement, BATCH_ROWS, query.values):
         yield _ndjson(rows) if fmt == "ndjson" else _csv(rows, header=False)

@@ -3,12 +3,14 @@ owner), which the service decides; nothing here knows who may do what."""
 
 from __future__ import annotations
 
+import functools
 import uuid
-from typing import Any, TypedDict, cast
+from typing import Any, NamedTuple, TypedDict, cast
 
 from sqlalchemy import (
     ColumnElement,
     Select,
+    String,
     Table,
     bindparam,
     delete,
@@ -55,25 +57,55 @@ def _scope(item_id: uuid.UUID, owner: uuid.UUID | None) -> list[ColumnElement[bo
     return conditions
 
 
-def matching(owner: uuid.UUID | None, filters: ItemFilters) -> Select[Any]:
-    """Items of `owner` (None: everyone's) that match the list filters."""
+class ListQuery(NamedTuple):
+    """A list statement (one per combination of filters, built and compiled once) and
+    the values for its bindparams."""
+
+    statement: Select[Any]
+    values: dict[str, Any]
+
+
+@functools.lru_cache(maxsize=64)
+def _matching(
+    owned: bool, owner_filter: bool, status: bool, tag: bool, q: bool, ordered: bool
+) -> Select[Any]:
     conditions: list[ColumnElement[bool]] = []
-    if owner is not None:
-        conditions.append(COLUMNS.owner_id == owner)
-    if filters.owner_id is not None and filters.owner_id != owner:
-        conditions.append(COLUMNS.owner_id == filters.owner_id)
-    if filters.status is not None:
-        conditions.append(COLUMNS.status == filters.status)
-    if filters.tag is not None:
-        conditions.append(json_array_contains(COLUMNS.tags, filters.tag))
-    if filters.q is not None:
-        conditions.append(COLUMNS.title.ilike(contains_pattern(filters.q), escape=LIKE_ESCAPE))
-    return select(ITEMS).where(*conditions)
+    if owned:
+        conditions.append(COLUMNS.owner_id == bindparam("owner"))
+    if owner_filter:
+        conditions.append(COLUMNS.owner_id == bindparam("owner_filter"))
+    if status:
+        conditions.append(COLUMNS.status == bindparam("status"))
+    if tag:
+        conditions.append(json_array_contains(COLUMNS.tags, bindparam("tag", type_=String)))
+    if q:
+        conditions.append(COLUMNS.title.ilike(bindparam("title_pattern"), escape=LIKE_ESCAPE))
+    statement = select(ITEMS).where(*conditions)
+    if ordered:
+        statement = statement.order_by(COLUMNS.created_at, COLUMNS.id)
+    return prepared(statement)
 
 
-def for_export(owner: uuid.UUID | None, filters: ItemFilters) -> Select[Any]:
-    """The matching items in a stable order, for streaming."""
-    return matching(owner, filters).order_by(COLUMNS.created_at, COLUMNS.id)
+def matching(owner: uuid.UUID | None, filters: ItemFilters, *, ordered: bool = False) -> ListQuery:
+    """Items of `owner` (None: everyone's) that match the list filters; `ordered`:
+    oldest first, as the export streams them."""
+    owner_filter = filters.owner_id is not None and filters.owner_id != owner
+    statement = _matching(
+        owner is not None,
+        owner_filter,
+        filters.status is not None,
+        filters.tag is not None,
+        filters.q is not None,
+        ordered,
+    )
+    values: dict[str, Any] = {
+        "owner": owner,
+        "owner_filter": filters.owner_id,
+        "status": filters.status,
+        "tag": filters.tag,
+        "title_pattern": contains_pattern(filters.q) if filters.q is not None else None,
+    }
+    return ListQuery(statement, values)
 
 
 async def find(db: Unit, item_id: uuid.UUID, owner: uuid.UUID | None) -> ItemRow | None:

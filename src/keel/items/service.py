@@ -13,8 +13,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Select
-
 from keel.auth.deps import Principal
 from keel.auth.permissions import Permission
 from keel.core.broker import Broker
@@ -52,12 +50,20 @@ async def list_page(
     params: PageParams,
 ) -> Window[Any]:
     query = repository.matching(_listed_owner(principal, filters), filters)
-    return await paginate(db, query, params, id_column=repository.COLUMNS.id, codec=cursors)
+    return await paginate(
+        db,
+        query.statement,
+        params,
+        id_column=repository.COLUMNS.id,
+        codec=cursors,
+        values=query.values,
+    )
 
 
-def export_query(principal: Principal, filters: ItemFilters) -> Select[Any]:
-    """What an export streams; refused (403) before the first byte, not mid-stream."""
-    return repository.for_export(_listed_owner(principal, filters), filters)
+def export_query(principal: Principal, filters: ItemFilters) -> repository.ListQuery:
+    """What an export streams, oldest first; refused (403) before the first byte, not
+    mid-stream."""
+    return repository.matching(_listed_owner(principal, filters), filters, ordered=True)
 
 
 async def get(db: Unit, principal: Principal, item_id: uuid.UUID) -> ItemRow:
