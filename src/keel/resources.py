@@ -145,6 +145,8 @@ async def open_resources(
             jobs="dramatiq" if settings.jobs_on_dramatiq else "in-process",
         )
         access_tokens = AccessTokens(keys, settings)
+        passwords = PasswordHasher(settings.auth)
+        stack.callback(passwords.close)
         yield Resources(
             settings=settings,
             engine=engine,
@@ -153,7 +155,7 @@ async def open_resources(
             redis=redis,
             broker=broker,
             metrics=metrics,
-            passwords=PasswordHasher(settings.auth),
+            passwords=passwords,
             keys=keys,
             access_tokens=access_tokens,
             revocations=revocations,

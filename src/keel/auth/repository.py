@@ -65,9 +65,12 @@ async def find_user_by_email(db: Unit, email: str) -> UserRow | None:
     return cast("UserRow | None", await db.one(_USER_BY_EMAIL, {"email": email}))
 
 
+_ADD_USER = prepared(insert(USERS).returning(USERS))
+
+
 async def add_user(db: Unit, values: dict[str, Any]) -> UserRow:
     """Insert an account; IntegrityError when the e-mail is taken."""
-    return cast("UserRow", await db.one(insert(USERS).values(**values).returning(USERS)))
+    return cast("UserRow", await db.one(_ADD_USER, values))
 
 
 async def update_user(db: Unit, user_id: uuid.UUID, values: dict[str, Any]) -> UserRow | None:
@@ -83,8 +86,11 @@ async def any_admin(db: Unit) -> bool:
 # ---------------------------------------------------------------- sessions
 
 
+_ADD_SESSION = prepared(insert(SESSIONS).returning(SESSIONS))
+
+
 async def add_session(db: Unit, values: dict[str, Any]) -> SessionRow:
-    return cast("SessionRow", await db.one(insert(SESSIONS).values(**values).returning(SESSIONS)))
+    return cast("SessionRow", await db.one(_ADD_SESSION, values))
 
 
 async def end_sessions(
@@ -154,13 +160,15 @@ async def session_state(db: Unit, session_id: uuid.UUID) -> Row | None:
 # ---------------------------------------------------------------- refresh tokens
 
 
+_ADD_REFRESH_TOKEN = prepared(insert(REFRESH_TOKENS))
+
+
 async def add_refresh_token(
     db: Unit, session_id: uuid.UUID, token_hash: str, expires_at: datetime
 ) -> None:
     await db.execute(
-        insert(REFRESH_TOKENS).values(
-            session_id=session_id, token_hash=token_hash, expires_at=expires_at
-        )
+        _ADD_REFRESH_TOKEN,
+        {"session_id": session_id, "token_hash": token_hash, "expires_at": expires_at},
     )
 
 
@@ -211,8 +219,11 @@ async def find_refresh_token(db: Unit, token_hash: str) -> Row | None:
 # ---------------------------------------------------------------- one-time tokens
 
 
+_ADD_ONE_TIME_TOKEN = prepared(insert(ONE_TIME_TOKENS))
+
+
 async def add_one_time_token(db: Unit, values: dict[str, Any]) -> None:
-    await db.execute(insert(ONE_TIME_TOKENS).values(**values))
+    await db.execute(_ADD_ONE_TIME_TOKEN, values)
 
 
 async def verify_address(db: Unit, user_id: uuid.UUID, email: str) -> bool:

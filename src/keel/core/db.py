@@ -195,27 +195,42 @@ class _StatementCache:
             if known is not None and known[0] is statement
             else (statement._generate_cache_key())
         )
-        entry = self._entries.get(cache_key.key) if cache_key is not None else None
+        # An INSERT or UPDATE given values at execution sets the columns they name, as
+        # with SQLAlchemy's own execution: the compiled form depends on which they are.
+        column_keys = (
+            tuple(sorted(params))
+            if params and (statement.is_insert or statement.is_update)
+            else None
+        )
+        entry_key = (cache_key.key, column_keys) if cache_key is not None else None
+        entry = self._entries.get(entry_key)
         if entry is None:
-            entry = self._compile(statement, cache_key)
-            if cache_key is not None:
-                self._entries[cache_key.key] = entry
+            entry = self._compile(statement, cache_key, column_keys)
+            if entry_key is not None:
+                self._entries[entry_key] = entry
                 if len(self._entries) > _COMPILED_CACHE_SIZE:
                     self._entries.popitem(last=False)
         values = entry.compiled.construct_params(
             params, extracted_parameters=cache_key.bindparams if cache_key is not None else None
         )
         for name, default in entry.defaults:
-            values[name] = _default_value(default)
+            # Columns left out get their Python-side default (a new id, the time), as
+            # SQLAlchemy's own execution would give them.
+            if params is None or name not in params:
+                values[name] = _default_value(default)
         args = []
         for name, convert in entry.binds:
             value = values[name]
             args.append(convert(value) if convert is not None and value is not None else value)
         return entry, args
 
-    def _compile(self, statement: Any, cache_key: Any) -> _Compiled:
+    def _compile(
+        self, statement: Any, cache_key: Any, column_keys: tuple[str, ...] | None
+    ) -> _Compiled:
         dialect = self.dialect
-        compiled: Any = statement.compile(dialect=dialect, cache_key=cache_key)
+        compiled: Any = statement.compile(
+            dialect=dialect, cache_key=cache_key, column_keys=column_keys
+        )
         if compiled.post_compile_params:
             # An IN over a list is compiled per list length, which its cache key does not
             # tell apart: write such a test as equalities joined by OR.

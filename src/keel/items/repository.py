@@ -29,6 +29,8 @@ from keel.models.base import utcnow
 
 ITEMS = cast("Table", Item.__table__)
 COLUMNS = ITEMS.c
+# If-Match lists up to this long get a statement compiled once per length.
+MAX_PREPARED_VERSIONS = 4
 
 
 class ItemRow(TypedDict):
@@ -48,13 +50,6 @@ _FIND_ANY = prepared(select(ITEMS).where(COLUMNS.id == bindparam("id")))
 _FIND_OWNED = prepared(
     select(ITEMS).where(COLUMNS.id == bindparam("id"), COLUMNS.owner_id == bindparam("owner"))
 )
-
-
-def _scope(item_id: uuid.UUID, owner: uuid.UUID | None) -> list[ColumnElement[bool]]:
-    conditions = [COLUMNS.id == item_id]
-    if owner is not None:
-        conditions.append(COLUMNS.owner_id == owner)
-    return conditions
 
 
 class ListQuery(NamedTuple):
@@ -116,16 +111,60 @@ async def find(db: Unit, item_id: uuid.UUID, owner: uuid.UUID | None) -> ItemRow
     return cast("ItemRow | None", row)
 
 
+_ADD = prepared(insert(ITEMS).returning(ITEMS))
+
+
 async def add(db: Unit, owner: uuid.UUID, values: dict[str, Any]) -> ItemRow:
-    row = await db.one(insert(ITEMS).values(owner_id=owner, version=1, **values).returning(ITEMS))
+    row = await db.one(_ADD, {**values, "owner_id": owner, "version": 1})
     return cast("ItemRow", row)
 
 
-def _versions(versions: frozenset[int] | None) -> list[ColumnElement[bool]]:
-    if versions is None:
-        return []
-    # Equalities, not IN: one statement shape per number of versions, compiled once.
-    return [or_(false(), *(COLUMNS.version == version for version in sorted(versions)))]
+def _write_statement(kind: str, fields: frozenset[str], owned: bool, versions: int | None) -> Any:
+    """An UPDATE (of `fields`) or DELETE of one item, RETURNING it: by id, within the
+    owner's items when `owned`, at one of `versions` bound versions (None: any; as
+    equalities, not IN, so that each shape is compiled once). Values are bound as
+    `item_id`, `owner`, `if_match_<n>`, `new_<field>` and `changed_at` (an UPDATE's
+    bindparam may not share its column's name)."""
+    conditions = [COLUMNS.id == bindparam("item_id")]
+    if owned:
+        conditions.append(COLUMNS.owner_id == bindparam("owner"))
+    if versions is not None:
+        matches = (COLUMNS.version == bindparam(f"if_match_{n}") for n in range(versions))
+        conditions.append(or_(false(), *matches))
+    if kind == "delete":
+        return delete(ITEMS).where(*conditions).returning(ITEMS)
+    changes: dict[str, Any] = {field: bindparam(f"new_{field}") for field in sorted(fields)}
+    return (
+        update(ITEMS)
+        .where(*conditions)
+        .values(**changes, version=COLUMNS.version + 1, updated_at=bindparam("changed_at"))
+        .returning(ITEMS)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _prepared_write(kind: str, fields: frozenset[str], owned: bool, versions: int | None) -> Any:
+    return prepared(_write_statement(kind, fields, owned, versions))
+
+
+def _write(
+    kind: str,
+    item_id: uuid.UUID,
+    owner: uuid.UUID | None,
+    versions: frozenset[int] | None,
+    values: dict[str, Any],
+) -> tuple[Any, dict[str, Any]]:
+    count = None if versions is None else len(versions)
+    fields = frozenset(values)
+    # An If-Match naming many versions is rare and unbounded: built for the one call.
+    if count is not None and count > MAX_PREPARED_VERSIONS:
+        statement = _write_statement(kind, fields, owner is not None, count)
+    else:
+        statement = _prepared_write(kind, fields, owner is not None, count)
+    bound: dict[str, Any] = {"item_id": item_id, "owner": owner, "changed_at": utcnow()}
+    bound |= {f"if_match_{n}": version for n, version in enumerate(sorted(versions or ()))}
+    bound |= {f"new_{field}": value for field, value in values.items()}
+    return statement, bound
 
 
 async def change(
@@ -137,17 +176,12 @@ async def change(
 ) -> ItemRow | None:
     """Apply `values` and grow `version` by one, in one statement, if the item is in
     scope and at one of `versions` (None: any); None when nothing matched."""
-    statement = (
-        update(ITEMS)
-        .where(*_scope(item_id, owner), *_versions(versions))
-        .values(**values, version=COLUMNS.version + 1, updated_at=utcnow())
-        .returning(ITEMS)
-    )
-    return cast("ItemRow | None", await db.one(statement))
+    statement, bound = _write("update", item_id, owner, versions, values)
+    return cast("ItemRow | None", await db.one(statement, bound))
 
 
 async def remove(
     db: Unit, item_id: uuid.UUID, owner: uuid.UUID | None, versions: frozenset[int] | None
 ) -> ItemRow | None:
-    statement = delete(ITEMS).where(*_scope(item_id, owner), *_versions(versions)).returning(ITEMS)
-    return cast("ItemRow | None", await db.one(statement))
+    statement, bound = _write("delete", item_id, owner, versions, {})
+    return cast("ItemRow | None", await db.one(statement, bound))
