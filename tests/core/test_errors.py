@@ -194,3 +194,13 @@ async def test_statement_counter_counts_each_statement(
     response = await probe.get("/probe/two-statements")
     assert response.json() == {"sum": 3}
     assert count_queries.count == 2
+
+
+async def test_a_write_runs_in_a_transaction_unless_declared_one_statement(
+    probe: httpx.AsyncClient,
+) -> None:
+    # A write's statements are wrapped in BEGIN ... COMMIT; a route declared
+    # `single_statement` runs its one statement on its own, as reads do.
+    assert (await probe.post("/probe/several-statements")).json() == {"transaction": True}
+    assert (await probe.post("/probe/one-statement")).json() == {"transaction": False}
+    assert (await probe.get("/probe/read")).json() == {"transaction": False}

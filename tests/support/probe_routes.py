@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from keel.core.db import DbSession
 from keel.core.errors import Conflict
-from keel.core.routing import KeelRoute
+from keel.core.routing import KeelRoute, single_statement
 
 router = APIRouter(prefix="/probe", route_class=KeelRoute)
 
@@ -49,3 +49,19 @@ async def two_statements(session: DbSession) -> dict[str, int]:
 @router.get("/crash")
 async def crash() -> None:
     raise RuntimeError("secret internals: /srv/keel/config.py password=hunter2")
+
+
+@router.post("/one-statement")
+@single_statement
+async def one_statement(session: DbSession) -> dict[str, bool]:
+    return {"transaction": session.write}
+
+
+@router.post("/several-statements")
+async def several_statements(session: DbSession) -> dict[str, bool]:
+    return {"transaction": session.write}
+
+
+@router.get("/read")
+async def read(session: DbSession) -> dict[str, bool]:
+    return {"transaction": session.write}

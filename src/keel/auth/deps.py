@@ -100,20 +100,21 @@ async def _from_api_key(key: str, db: Unit) -> Principal:
     return Principal(user_id=owner["user_id"], role=Role(owner["role"]), api_key_id=owner["key_id"])
 
 
-AuthenticatorDep = Annotated[Authenticator, Depends(app_state("authenticator"))]
 Revocations = Annotated[SessionRevocations, Depends(app_state("revocations"))]
 IssuerDep = Annotated[Issuer, Depends(app_state("issuer"))]
 
 
 async def authenticate(
     request: Request,
-    authenticator: AuthenticatorDep,
     db: DbSession,
     _scheme: Annotated[str | None, Depends(oauth2_scheme)] = None,
 ) -> Principal:
     credential = _credential(request)
     if credential is None:
         raise _unauthorized("Not authenticated", credential_sent=False)
+    # Read here rather than as a dependency of its own: every protected request runs
+    # this, and each dependency costs FastAPI a resolution step.
+    authenticator: Authenticator = request.app.state.authenticator
     return await authenticator.principal(credential, db)
 
 

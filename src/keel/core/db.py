@@ -565,14 +565,24 @@ class Database:
 # ---------------------------------------------------------------- the request's unit
 
 _UNIT_KEY = "keel.unit"
+_SINGLE_STATEMENT_KEY = "keel.single_statement"
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def run_statements_alone(scope: Scope) -> None:
+    """This request's change is one statement: its unit needs no BEGIN and COMMIT (set
+    by the route class for routes declared `single_statement`)."""
+    scope[_SINGLE_STATEMENT_KEY] = True
 
 
 async def _request_unit(request: Request) -> Unit:
     unit: Unit | None = request.scope.get(_UNIT_KEY)
     if unit is None:
         database: Database = request.app.state.database
-        unit = database.unit(write=request.method not in _READS)
+        transactional = request.method not in _READS and not request.scope.get(
+            _SINGLE_STATEMENT_KEY
+        )
+        unit = database.unit(write=transactional)
         request.scope[_UNIT_KEY] = unit
     return unit
 

@@ -29,7 +29,7 @@ from fastapi.params import Form
 from fastapi.routing import APIRoute
 
 from keel.core.conditional import etag_value, none_match
-from keel.core.db import unit_of
+from keel.core.db import run_statements_alone, unit_of
 from keel.core.errors import UnsupportedMediaType
 
 ResponseHook = Callable[[Response], Awaitable[None]]
@@ -84,6 +84,21 @@ def _field_of(result: Any, field: str) -> Any:
     return result[field] if isinstance(result, Mapping) else getattr(result, field)
 
 
+def single_statement(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """Declare that the endpoint changes the database with one statement (a conditional
+    UPDATE or DELETE ... RETURNING, say): a statement is atomic on its own, so the
+    request's unit runs it without BEGIN and COMMIT, two round trips fewer. Statements it
+    runs after that one only read (to explain a refusal). Not for a route that also
+    stores anything else, such as an idempotency record.
+
+        @router.patch("/{item_id}", response_model=ItemRead)
+        @single_statement
+        async def update_item(...): ...
+    """
+    endpoint.keel_single_statement = True  # type: ignore[attr-defined]
+    return endpoint
+
+
 def _tagging(endpoint: Callable[..., Awaitable[Any]], field: str) -> Callable[..., Any]:
     """Wrap an endpoint so that the value it returns sets the ETag and, on a GET whose
     If-None-Match holds it, answers 304 before anything is serialised."""
@@ -130,12 +145,15 @@ class KeelRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         expects_json = self.body_field is not None and not self._expects_form()
+        alone = getattr(self.endpoint, "keel_single_statement", False)
 
         async def keel_handler(request: Request) -> Response:
             if expects_json:
                 _check_json(request)
             token = _current_request.set(request)
             scope = request.scope
+            if alone:
+                run_statements_alone(scope)
             try:
                 try:
                     response = await handler(request)

@@ -19,7 +19,7 @@ from keel.core.conditional import IfMatchHeader
 from keel.core.db import AppDatabase, DbSession
 from keel.core.deps import Broker, Cursors
 from keel.core.pagination import Page
-from keel.core.routing import KeelRoute
+from keel.core.routing import KeelRoute, single_statement
 from keel.idempotency import idempotent
 from keel.items import export, service
 from keel.items.deps import Filters, ItemDep, ItemPage
@@ -103,6 +103,7 @@ async def read_item(item: ItemDep) -> Any:
 
 
 @router.put("/{item_id}", response_model=ItemRead, responses=_WRITE_ERRORS)
+@single_statement
 async def replace_item(
     item_id: uuid.UUID,
     body: ItemWrite,
@@ -116,6 +117,7 @@ async def replace_item(
 
 
 @router.patch("/{item_id}", response_model=ItemRead, responses=_WRITE_ERRORS)
+@single_statement
 async def update_item(
     item_id: uuid.UUID,
     body: ItemUpdate,
@@ -129,6 +131,7 @@ async def update_item(
 
 
 @router.delete("/{item_id}", status_code=204, responses=_WRITE_ERRORS)
+@single_statement
 async def delete_item(
     item_id: uuid.UUID,
     principal: CurrentPrincipal,
