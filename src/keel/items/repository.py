@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from datetime import datetime
 from typing import Any, NamedTuple, TypedDict, cast
 
 from sqlalchemy import (
@@ -41,8 +42,8 @@ class ItemRow(TypedDict):
     status: ItemStatus
     tags: list[str]
     version: int
-    created_at: Any
-    updated_at: Any
+    created_at: datetime
+    updated_at: datetime
 
 
 # The hot read, built once: by id, and by id within one owner's items.
