@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any, TypedDict, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Select, Table, bindparam, insert, select, update
 
 from keel.core.db import Row, Unit, prepared
 from keel.models import ApiKey, AuthSession, OneTimePurpose, OneTimeToken, RefreshToken, Role, User
@@ -17,6 +17,7 @@ SESSIONS = cast("Table", AuthSession.__table__)
 REFRESH_TOKENS = cast("Table", RefreshToken.__table__)
 ONE_TIME_TOKENS = cast("Table", OneTimeToken.__table__)
 API_KEYS = cast("Table", ApiKey.__table__)
+SESSION_COLUMNS = SESSIONS.c
 
 
 class UserRow(TypedDict):
@@ -129,7 +130,7 @@ def live_sessions_of(user_id: uuid.UUID, now: datetime) -> ColumnElement[bool]:
     )
 
 
-def sessions_matching(condition: ColumnElement[bool]) -> Any:
+def sessions_matching(condition: ColumnElement[bool]) -> Select[Any]:
     return select(
         SESSIONS.c.id,
         SESSIONS.c.created_at,
@@ -137,9 +138,6 @@ def sessions_matching(condition: ColumnElement[bool]) -> Any:
         SESSIONS.c.user_agent,
         SESSIONS.c.ip,
     ).where(condition)
-
-
-SESSION_COLUMNS = SESSIONS.c
 
 
 async def ended_sessions(db: Unit, since: datetime) -> list[Row]:
