@@ -24,7 +24,7 @@ from keel.core import migrations
 from keel.core.db import create_engine
 from keel.main import create_app
 from keel.models import Base
-from tests.fixtures import databases
+from tests.fixtures import databases, s3
 from tests.fixtures.queries import StatementCounter, counting_statements
 from tests.support.apps import client_for
 from tests.support.mailbox import Mailbox, install_mailbox
@@ -76,6 +76,16 @@ def requires_redis(redis_url: str | None) -> str:
     if not redis_url:
         pytest.skip(f"needs Redis: set {databases.REDIS_ENV}")
     return redis_url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server for this test run (started on first use), with credentials for
+    it in the environment, where the AWS credential chain finds them."""
+    with pytest.MonkeyPatch.context() as patch, s3.running_moto_server() as url:
+        for name, value in s3.CREDENTIALS.items():
+            patch.setenv(name, value)
+        yield url
 
 
 @pytest.fixture(scope="session")

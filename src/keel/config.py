@@ -130,6 +130,39 @@ class JobSettings(BaseModel):
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535)
 
 
+# The upload types API.md allows by default: detected from the bytes, never the name.
+DEFAULT_UPLOAD_TYPES = [
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "application/pdf",
+    "text/plain",
+    "text/csv",
+    "application/json",
+]
+
+
+class StorageSettings(BaseModel):
+    # "local": a folder under the data folder (one host); "s3": any S3-compatible store.
+    backend: Literal["local", "s3"] = "local"
+    # None: `files/` under the data folder.
+    local_path: Path | None = None
+    s3_bucket: str | None = None
+    # None for AWS itself; the store's address otherwise (MinIO, Ceph, moto...).
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    # Uploads larger than this go to S3 in parts of this size (S3's minimum is 5 MiB).
+    s3_part_bytes: int = Field(default=8 * MiB, ge=5 * MiB)
+    # Bytes each user may keep stored in all; None: no quota.
+    quota_bytes_per_user: int | None = Field(default=None, ge=1)
+    allowed_types: list[str] = Field(default_factory=lambda: list(DEFAULT_UPLOAD_TYPES))
+    # How often stored objects that no file references are looked for and removed.
+    sweep_interval_seconds: int = Field(default=3600, ge=10)
+    # An object younger than this may belong to an upload still in flight: never swept.
+    sweep_grace_seconds: int = Field(default=3600, ge=0)
+
+
 class FirstAdminSettings(BaseModel):
     # When both are set and no admin exists, one is created at start.
     email: str | None = None
@@ -166,6 +199,9 @@ class Settings(BaseSettings):
     first_admin: FirstAdminSettings = Field(default_factory=FirstAdminSettings)
     mail: MailSettings = Field(default_factory=MailSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    # The largest upload, counting the file's bytes (API.md: KEEL_MAX_UPLOAD_BYTES).
+    max_upload_bytes: int = Field(default=25 * MiB, ge=1)
     # Signs cursors and other server-made values. None: generated into the data folder.
     secret_key: SecretStr | None = None
 
@@ -179,6 +215,16 @@ class Settings(BaseSettings):
         if self.jobs.backend == "dramatiq" and not self.redis.url:
             raise ValueError("KEEL_JOBS_BACKEND=dramatiq needs KEEL_REDIS_URL: the queue is Redis.")
         return self
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.storage.backend == "s3" and not self.storage.s3_bucket:
+            raise ValueError("KEEL_STORAGE_BACKEND=s3 needs KEEL_STORAGE_S3_BUCKET.")
+        return self
+
+    @property
+    def storage_path(self) -> Path:
+        return self.storage.local_path or self.data_dir / "files"
 
     @property
     def jobs_on_dramatiq(self) -> bool:

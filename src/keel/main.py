@@ -32,6 +32,7 @@ from keel.core.middleware.security_headers import SecurityHeadersMiddleware
 from keel.core.middleware.unhandled import UnhandledErrorMiddleware
 from keel.core.ratelimit import RateLimitHeadersMiddleware
 from keel.core.routing import mount
+from keel.files.router import router as files_router
 from keel.health.router import router as health_router
 from keel.items.router import router as items_router
 from keel.jobs import JOBS, PERIODIC
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         users_router,
         api_keys_router,
         items_router,
+        files_router,
     ):
         mount(app, router)
 

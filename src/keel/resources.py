@@ -38,6 +38,8 @@ from keel.core.security.access_tokens import LEEWAY_SECONDS, AccessTokens
 from keel.core.security.keys import KeyRing
 from keel.core.security.passwords import PasswordHasher
 from keel.core.security.secret import load_secret
+from keel.core.security.signed_links import LinkSigner
+from keel.core.storage import Storage, create_storage
 
 log = structlog.get_logger("keel.resources")
 
@@ -63,6 +65,8 @@ class Resources:
     jobs: JobQueue
     issuer: Issuer
     authenticator: Authenticator
+    storage: Storage
+    links: LinkSigner
 
     def install(self, app: FastAPI) -> None:
         """Name each resource on the app's state for the typed dependencies."""
@@ -82,6 +86,8 @@ class Resources:
             "jobs",
             "issuer",
             "authenticator",
+            "storage",
+            "links",
         ):
             setattr(app.state, name, getattr(self, name))
 
@@ -130,10 +136,13 @@ async def open_resources(
             if redis is not None
             else InProcessRevocations(database, access_ttl)
         )
+        storage = create_storage(settings)
+        await storage.start()
+        stack.push_async_callback(storage.close)
         limiter = RateLimiter.from_settings(settings)
         stack.push_async_callback(limiter.close)
         keys = KeyRing.load(settings)
-        job_queue = _open_jobs(settings, sessionmaker, metrics, jobs, periodic)
+        job_queue = _open_jobs(settings, sessionmaker, storage, metrics, jobs, periodic)
         # Pushed after the engine, so closed before it: running jobs may still need it.
         stack.push_async_callback(job_queue.close)
 
@@ -142,9 +151,11 @@ async def open_resources(
             database=engine.url.render_as_string(hide_password=True),
             redis="on" if redis else "off",
             mail=settings.mail.backend,
+            storage=storage.name,
             jobs="dramatiq" if settings.jobs_on_dramatiq else "in-process",
         )
         access_tokens = AccessTokens(keys, settings)
+        secret = load_secret(settings)
         passwords = PasswordHasher(settings.auth)
         stack.callback(passwords.close)
         yield Resources(
@@ -160,7 +171,9 @@ async def open_resources(
             access_tokens=access_tokens,
             revocations=revocations,
             limiter=limiter,
-            cursors=CursorCodec(load_secret(settings)),
+            cursors=CursorCodec(secret),
+            links=LinkSigner(secret),
+            storage=storage,
             client_ip=ClientIpResolver(settings.server.trusted_proxies),
             jobs=job_queue,
             issuer=Issuer(
@@ -176,6 +189,7 @@ async def open_resources(
 def _open_jobs(
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
+    storage: Storage,
     metrics: Metrics,
     jobs: Sequence[Job[Any]],
     periodic: Sequence[Periodic],
@@ -185,7 +199,7 @@ def _open_jobs(
         # This process only enqueues; `keel worker` runs them.
         return DramatiqQueue(create_broker(settings), jobs, outcomes)
     runner = InProcessRunner(
-        JobContext(settings, sessionmaker, create_backend(settings)),
+        JobContext(settings, sessionmaker, create_backend(settings), storage),
         outcomes,
         concurrency=settings.jobs.concurrency,
         shutdown_timeout=settings.server.graceful_timeout,

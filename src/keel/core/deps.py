@@ -1,6 +1,6 @@
 """Typed dependencies for what routes use of the running app: `Broker`, `Jobs`,
-`Limiter`, `Passwords`, `Cursors`, `AppSettings` (the database's is `DbSession`, in
-core/db.py).
+`Limiter`, `Passwords`, `Cursors`, `Storage`, `Links`, `AppMetrics`, `AppSettings` (the
+database's is `DbSession`, in core/db.py).
 
 The composition root (keel/resources.py) opens each resource once and names it on the
 app's state; these aliases are the only readers of that state, so a route declares
@@ -17,9 +17,12 @@ from fastapi import Depends, Request
 from keel.config import Settings
 from keel.core.broker import Broker as BrokerBackend
 from keel.core.jobs.queue import JobQueue
+from keel.core.metrics import Metrics
 from keel.core.pagination import CursorCodec
 from keel.core.ratelimit import RateLimiter, get_rate_limiter
 from keel.core.security.passwords import PasswordHasher
+from keel.core.security.signed_links import LinkSigner
+from keel.core.storage import Storage as StorageBackend
 
 
 def app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
@@ -39,3 +42,6 @@ Jobs = Annotated[JobQueue, Depends(app_state("jobs"))]
 Limiter = Annotated[RateLimiter, Depends(get_rate_limiter)]
 Passwords = Annotated[PasswordHasher, Depends(app_state("passwords"))]
 Cursors = Annotated[CursorCodec, Depends(app_state("cursors"))]
+Storage = Annotated[StorageBackend, Depends(app_state("storage"))]
+Links = Annotated[LinkSigner, Depends(app_state("links"))]
+AppMetrics = Annotated[Metrics, Depends(app_state("metrics"))]

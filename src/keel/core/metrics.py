@@ -83,6 +83,22 @@ class Metrics:
             ["job", "outcome"],
             registry=registry,
         )
+        self.file_bytes_uploaded = Counter(
+            "keel_file_bytes_uploaded_total",
+            "Bytes of files stored by uploads that succeeded.",
+            registry=registry,
+        )
+        self.file_bytes_downloaded = Counter(
+            "keel_file_bytes_downloaded_total",
+            "Bytes of files sent to clients (downloads and ranges; not presigned S3 links).",
+            registry=registry,
+        )
+        self.file_uploads_refused = Counter(
+            "keel_file_uploads_refused_total",
+            "Uploads refused or abandoned, by reason.",
+            ["reason"],
+            registry=registry,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         if method not in KNOWN_METHODS:

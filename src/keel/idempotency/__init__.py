@@ -13,9 +13,13 @@ and returns its schema as usual:
 - A request that fails releases its claim, so the client may try again; a claim whose
   process died is taken over after `IN_FLIGHT_TIMEOUT`. Records expire after 24 hours
   and are purged by a periodic job.
+
+A body that cannot be read before the endpoint runs (an upload, streamed to storage)
+has no fingerprint up front: such a route takes the `IdempotencyKey` header and calls
+`honour_key` itself once it knows one (files hash the uploaded bytes).
 """
 
-from keel.idempotency.http import REPLAYED_HEADER, idempotent
+from keel.idempotency.http import REPLAYED_HEADER, IdempotencyKey, honour_key, idempotent
 from keel.idempotency.jobs import purge_expired_records
 from keel.idempotency.service import (
     IN_FLIGHT_TIMEOUT,
@@ -32,8 +36,10 @@ __all__ = [
     "REPLAYED_HEADER",
     "RETENTION",
     "Claim",
+    "IdempotencyKey",
     "IdempotencyKeyReused",
     "claim",
+    "honour_key",
     "idempotent",
     "purge_expired_records",
     "release",

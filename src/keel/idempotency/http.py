@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import Header, Request, Response
 
-from keel.auth.deps import CurrentPrincipal
-from keel.core.db import AppDatabase, DbSession
+from keel.auth.deps import CurrentPrincipal, Principal
+from keel.core.db import AppDatabase, Database, DbSession, Unit
 from keel.core.errors import ValidationFailed
 from keel.core.routing import Answer, on_response
 from keel.idempotency import repository, service
@@ -21,7 +21,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 _REPLAY_SETS_ITSELF = frozenset({"content-length", "content-type"})
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
     if not _KEY.fullmatch(key):
         problem = "Idempotency-Key must be 1 to 255 visible ASCII characters"
         raise ValidationFailed(
@@ -41,62 +41,80 @@ def _replay(record: RecordRow) -> Response:
     )
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retry safely: the same key and body replay the first response.",
+    ),
+]
+
+
+async def honour_key(
+    request: Request,
+    principal: Principal,
+    database: Database,
+    db: Unit,
+    scope: str,
+    key: str,
+    body_hash: str,
+) -> None:
+    """Claim `key` for this request, or answer as the first request with it did
+    (raises `Answer` with the replay, or 409/422). Once claimed, the response is stored
+    in the request's transaction; a request that fails frees the key."""
+    check_key(key)
+    claimed = await service.claim(database, principal.user_id, scope, key, body_hash)
+    if claimed.replay is not None:
+        raise Answer(_replay(claimed.replay))
+    record_id = claimed.record_id
+    assert record_id is not None  # noqa: S101 - a claim is a record or a replay
+    stored = False
+
+    async def store(response: Response) -> None:
+        # In the request's transaction: the record completes exactly when the change
+        # commits. Only a success is worth replaying.
+        nonlocal stored
+        if response.status_code >= 400:
+            return
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in _REPLAY_SETS_ITSELF
+        }
+        await repository.complete(
+            db, record_id, response.status_code, bytes(response.body).decode(), headers
+        )
+        stored = True
+
+    # Freed once the request's own transaction has ended without storing a response
+    # (after its rollback, so it never waits on the request's locks).
+    async def free_claim() -> None:
+        await service.release(database, record_id)
+
+    async def free_unless_stored() -> None:
+        if not stored:
+            await service.release(database, record_id)
+
+    on_response(request, store)
+    db.after_rollback(free_claim)
+    db.after_commit(free_unless_stored)
+
+
 def idempotent(scope: str) -> Callable[..., Awaitable[None]]:
-    """A dependency honouring `Idempotency-Key` for one endpoint (`scope` names it)."""
+    """A dependency honouring `Idempotency-Key` for one JSON endpoint (`scope` names
+    it); the body's fingerprint is its JSON, compared by content."""
 
     async def dependency(
         request: Request,
         principal: CurrentPrincipal,
         database: AppDatabase,
         db: DbSession,
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                alias="Idempotency-Key",
-                description="Retry safely: the same key and body replay the first response.",
-            ),
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> None:
         if idempotency_key is None:
             return
-        _check_key(idempotency_key)
+        check_key(idempotency_key)
         body_hash = service.request_hash(await request.body())
-        claimed = await service.claim(
-            database, principal.user_id, scope, idempotency_key, body_hash
-        )
-        if claimed.replay is not None:
-            raise Answer(_replay(claimed.replay))
-        record_id = claimed.record_id
-        assert record_id is not None  # noqa: S101 - a claim is a record or a replay
-        stored = False
-
-        async def store(response: Response) -> None:
-            # In the request's transaction: the record completes exactly when the change
-            # commits. Only a success is worth replaying.
-            nonlocal stored
-            if response.status_code >= 400:
-                return
-            headers = {
-                name: value
-                for name, value in response.headers.items()
-                if name not in _REPLAY_SETS_ITSELF
-            }
-            await repository.complete(
-                db, record_id, response.status_code, bytes(response.body).decode(), headers
-            )
-            stored = True
-
-        # Freed once the request's own transaction has ended without storing a response
-        # (after its rollback, so it never waits on the request's locks).
-        async def free_claim() -> None:
-            await service.release(database, record_id)
-
-        async def free_unless_stored() -> None:
-            if not stored:
-                await service.release(database, record_id)
-
-        on_response(request, store)
-        db.after_rollback(free_claim)
-        db.after_commit(free_unless_stored)
+        await honour_key(request, principal, database, db, scope, idempotency_key, body_hash)
 
     return dependency

@@ -3,6 +3,7 @@
 from keel.models.api_key import ApiKey
 from keel.models.auth import AuthSession, OneTimePurpose, OneTimeToken, RefreshToken
 from keel.models.base import Base, Timestamps, UTCDateTime, UUIDPrimaryKey
+from keel.models.file import File, StorageUsage
 from keel.models.idempotency import IdempotencyRecord
 from keel.models.item import Item, ItemStatus
 from keel.models.user import Role, User
@@ -11,6 +12,7 @@ __all__ = [
     "ApiKey",
     "AuthSession",
     "Base",
+    "File",
     "IdempotencyRecord",
     "Item",
     "ItemStatus",
@@ -18,6 +20,7 @@ __all__ = [
     "OneTimeToken",
     "RefreshToken",
     "Role",
+    "StorageUsage",
     "Timestamps",
     "UTCDateTime",
     "UUIDPrimaryKey",

@@ -75,10 +75,14 @@ async def change_password(
 
 @router.delete("/me", status_code=204)
 async def delete_me(
-    _principal: PasswordLogin, user: CurrentUser, db: DbSession, revocations: Revocations
+    _principal: PasswordLogin,
+    user: CurrentUser,
+    db: DbSession,
+    jobs: Jobs,
+    revocations: Revocations,
 ) -> None:
     """Delete the caller's account with everything it owns."""
-    await service.delete_user(db, revocations, user)
+    await service.delete_user(db, jobs, revocations, user)
 
 
 @router.get("", response_model=Page[UserRead])
@@ -127,8 +131,8 @@ async def update_user(
 
 @router.delete("/{user_id}", status_code=204)
 async def delete_user(
-    user_id: uuid.UUID, _manager: Manager, db: DbSession, revocations: Revocations
+    user_id: uuid.UUID, _manager: Manager, db: DbSession, jobs: Jobs, revocations: Revocations
 ) -> None:
     """Delete any user (admins)."""
     user = await service.get_user(db, user_id)
-    await service.delete_user(db, revocations, user)
+    await service.delete_user(db, jobs, revocations, user)

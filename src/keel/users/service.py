@@ -19,6 +19,7 @@ from keel.core.errors import Conflict, Forbidden, NotFound
 from keel.core.jobs import JobQueue
 from keel.core.pagination import CursorCodec, PageParams, Window, paginate
 from keel.core.security.passwords import PasswordHasher
+from keel.files import service as files_service
 from keel.models import Role
 from keel.users import repository
 from keel.users.schemas import UserAdminUpdate, UserCreate, UserSelfUpdate
@@ -109,8 +110,12 @@ async def change_own_password(
     )
 
 
-async def delete_user(db: Unit, revocations: SessionRevocations, user: UserRow) -> None:
+async def delete_user(
+    db: Unit, jobs: JobQueue, revocations: SessionRevocations, user: UserRow
+) -> None:
     await _ensure_not_last_admin(db, user)
+    # Their files' rows go with them; the bytes by jobs, after the commit.
+    await files_service.forget_owner(db, jobs, user["id"])
     # Record the sessions as ended first, so their access tokens stop at once; the rows
     # then go with the user.
     await end_sessions(db, revocations, accounts.of_user(user["id"]), "account_deleted")

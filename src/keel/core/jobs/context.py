@@ -1,4 +1,5 @@
-"""What a running job is given: settings, a database session factory, the mail backend.
+"""What a running job is given: settings, a database session factory, the mail backend,
+the file storage.
 
 In `keel serve` the context shares the app's engine; in `keel worker` it is opened once
 per worker process, on the event loop the jobs run on.
@@ -16,6 +17,7 @@ from keel.config import Settings
 from keel.core.db import Database, create_engine, create_sessionmaker
 from keel.core.mail import MailBackend, create_backend
 from keel.core.metrics import Metrics
+from keel.core.storage import Storage, create_storage
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,8 @@ class JobContext:
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     mail: MailBackend
+    # None only where no job touches files (unit tests of the runners).
+    storage: Storage = None  # type: ignore[assignment]
 
     @property
     def database(self) -> Database:
@@ -35,7 +39,10 @@ class JobContext:
 async def open_job_context(settings: Settings, metrics: Metrics) -> AsyncIterator[JobContext]:
     engine = create_engine(settings)
     metrics.watch_pool(engine)
+    storage = create_storage(settings)
     try:
-        yield JobContext(settings, create_sessionmaker(engine), create_backend(settings))
+        await storage.start()
+        yield JobContext(settings, create_sessionmaker(engine), create_backend(settings), storage)
     finally:
+        await storage.close()
         await engine.dispose()

@@ -1,0 +1,1 @@
+"""Files: uploads streamed to storage, ranged downloads, signed links (API.md, "Files")."""
