@@ -150,11 +150,11 @@ def app(settings: Settings, migrated_database: str) -> FastAPI:
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(app) as http:
         yield http
-        await _empty_tables(app)
+        await empty_tables(app)
     await _forget_redis_keys(app)
 
 
-async def _empty_tables(app: FastAPI) -> None:
+async def empty_tables(app: FastAPI) -> None:
     async with app.state.resources.engine.begin() as connection:
         for table in reversed(Base.metadata.sorted_tables):
             await connection.execute(delete(table))

@@ -58,6 +58,8 @@ AUTH = "/api/v1/auth"
 USERS = "/api/v1/users"
 KEYS = "/api/v1/api-keys"
 ITEMS = "/api/v1/items"
+FILES = "/api/v1/files"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 NEW_PASSWORD = "a brand new passphrase"
 
 
@@ -129,8 +131,9 @@ BUDGETS: dict[str, Budget] = {
     # SELECT user; UPDATE user (password); UPDATE the other sessions (end) RETURNING
     # ids. Job: none.
     "users.me.password": Budget("POST /api/v1/users/me/password", 3, mails=("password_changed",)),
-    # SELECT user; UPDATE sessions (end) RETURNING ids; DELETE user (the rest cascades).
-    "users.me.delete": Budget("DELETE /api/v1/users/me", 3),
+    # SELECT user; SELECT their files' storage keys; UPDATE sessions (end) RETURNING ids;
+    # DELETE user (the rest cascades). Job (delete the file's bytes): no statement.
+    "users.me.delete": Budget("DELETE /api/v1/users/me", 4),
     # SELECT the page.
     "users.list": Budget("GET /api/v1/users", 1),
     # SELECT the page; SELECT count(*).
@@ -146,8 +149,9 @@ BUDGETS: dict[str, Budget] = {
     # SELECT user; UPDATE active admins (lock them: the last-admin rule) RETURNING ids;
     # UPDATE sessions (end) RETURNING ids; UPDATE user.
     "users.update_demote_admin": Budget("PATCH /api/v1/users/{user_id}", 4),
-    # SELECT user; UPDATE sessions (end) RETURNING ids; DELETE user.
-    "users.delete": Budget("DELETE /api/v1/users/{user_id}", 3),
+    # SELECT user; SELECT their files' storage keys; UPDATE sessions (end) RETURNING
+    # ids; DELETE user.
+    "users.delete": Budget("DELETE /api/v1/users/{user_id}", 4),
     # -- API keys ----------------------------------------------------------------------
     # INSERT key.
     "api_keys.create": Budget("POST /api/v1/api-keys", 1),
@@ -195,6 +199,34 @@ BUDGETS: dict[str, Budget] = {
     # Refused before anything reads the database.
     "items.no_credentials": Budget("GET /api/v1/items", 0),  # 401
     "items.bad_body": Budget("POST /api/v1/items", 0),  # 422
+    # -- files -------------------------------------------------------------------------
+    # INSERT the usage row if missing (ON CONFLICT DO NOTHING); UPDATE usage within the
+    # quota RETURNING it; INSERT file. No statement while the bytes stream.
+    "files.upload": Budget("POST /api/v1/files", 3),
+    # INSERT idempotency record (the claim, once the bytes are in); the three above;
+    # UPDATE record (the response).
+    "files.upload_idempotent": Budget("POST /api/v1/files", 5),
+    # INSERT idempotency record (fails: the key exists); SELECT record: replayed (and
+    # the bytes just received deleted).
+    "files.upload_replayed": Budget("POST /api/v1/files", 2),
+    # Refused from the first bytes, before anything reads the database.
+    "files.upload_refused_type": Budget("POST /api/v1/files", 0),  # 415
+    # SELECT the page.
+    "files.list": Budget("GET /api/v1/files", 1),
+    # SELECT file.
+    "files.read": Budget("GET /api/v1/files/{file_id}", 1),
+    # SELECT file; the bytes stream from storage.
+    "files.content": Budget("GET /api/v1/files/{file_id}/content", 1),
+    # SELECT file: its sha256 is the ETag sent, 304.
+    "files.content_not_modified": Budget("GET /api/v1/files/{file_id}/content", 1),
+    # SELECT file; the signature is checked in process.
+    "files.link": Budget("POST /api/v1/files/{file_id}/link", 1),
+    # SELECT file (by id alone: the signature stands for the caller).
+    "files.download_by_link": Budget("GET /api/v1/files/{file_id}/download", 1),
+    # A bad signature is refused before anything reads the database.
+    "files.download_by_bad_link": Budget("GET /api/v1/files/{file_id}/download", 0),  # 403
+    # DELETE file RETURNING it; UPDATE usage (minus its size). The bytes go after.
+    "files.delete": Budget("DELETE /api/v1/files/{file_id}", 2),
     # -- operations --------------------------------------------------------------------
     "ops.health": Budget("GET /health", 0),
     # SELECT 1 (database check); then the migrations check, through Alembic: does the
@@ -261,6 +293,7 @@ class Call:
     json: Any = None
     data: dict[str, str] | None = None
     params: dict[str, str] | None = None
+    files: dict[str, Any] | None = None
 
 
 @dataclass
@@ -279,6 +312,7 @@ class Meter:
             json=call.json,
             data=call.data,
             params=call.params,
+            files=call.files,
         )
         assert response.status_code == call.status, response.text
         every_job = len(self.jobs.statements)
@@ -489,6 +523,7 @@ async def _me_password(world: World) -> Call:
 async def _me_delete(world: World) -> Call:
     me = await world.user()
     await make_item(world.app, me.user.id)  # goes with the account
+    await _file(world, me)  # the row with it, the bytes by a job
     return Call("DELETE", f"{USERS}/me", 204, headers=me.headers)
 
 
@@ -706,6 +741,112 @@ async def _items_no_credentials(world: World) -> Call:
 async def _items_bad_body(world: World) -> Call:
     me = await world.user()
     return Call("POST", ITEMS, 422, headers=me.headers, json={"title": "", "owner_id": "x"})
+
+
+# files
+
+
+def _png(name: str = "budget.png") -> dict[str, Any]:
+    return {"file": (name, PNG, "image/png")}
+
+
+async def _file(world: World, me: SignedIn) -> dict[str, Any]:
+    response = await world.client.post(FILES, files=_png(), headers=me.headers)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+@arrange("files.upload")
+async def _files_upload(world: World) -> Call:
+    me = await world.user()
+    return Call("POST", FILES, 201, headers=me.headers, files=_png())
+
+
+@arrange("files.upload_idempotent")
+async def _files_upload_idempotent(world: World) -> Call:
+    me = await world.user()
+    headers = {**me.headers, "Idempotency-Key": "budget-file"}
+    return Call("POST", FILES, 201, headers=headers, files=_png())
+
+
+@arrange("files.upload_replayed")
+async def _files_upload_replayed(world: World) -> Call:
+    me = await world.user()
+    headers = {**me.headers, "Idempotency-Key": "budget-file"}
+    first = await world.client.post(FILES, files=_png(), headers=headers)
+    assert first.status_code == 201, first.text
+    return Call("POST", FILES, 201, headers=headers, files=_png())
+
+
+@arrange("files.upload_refused_type")
+async def _files_upload_refused_type(world: World) -> Call:
+    me = await world.user()
+    files = {"file": ("page.png", b"<html><script>alert(1)</script></html>", "image/png")}
+    return Call("POST", FILES, 415, headers=me.headers, files=files)
+
+
+@arrange("files.list")
+async def _files_list(world: World) -> Call:
+    me = await world.user()
+    for _ in range(3):
+        await _file(world, me)
+    return Call("GET", FILES, 200, headers=me.headers)
+
+
+@arrange("files.read")
+async def _files_read(world: World) -> Call:
+    me = await world.user()
+    created = await _file(world, me)
+    return Call("GET", f"{FILES}/{created['id']}", 200, headers=me.headers)
+
+
+@arrange("files.content")
+async def _files_content(world: World) -> Call:
+    me = await world.user()
+    created = await _file(world, me)
+    return Call("GET", f"{FILES}/{created['id']}/content", 200, headers=me.headers)
+
+
+@arrange("files.content_not_modified")
+async def _files_content_not_modified(world: World) -> Call:
+    me = await world.user()
+    created = await _file(world, me)
+    headers = {**me.headers, "If-None-Match": f'"{created["sha256"]}"'}
+    return Call("GET", f"{FILES}/{created['id']}/content", 304, headers=headers)
+
+
+@arrange("files.link")
+async def _files_link(world: World) -> Call:
+    me = await world.user()
+    created = await _file(world, me)
+    return Call("POST", f"{FILES}/{created['id']}/link", 200, headers=me.headers)
+
+
+@arrange("files.download_by_link")
+async def _files_download_by_link(world: World) -> Call:
+    me = await world.user()
+    created = await _file(world, me)
+    link = await world.post_json(f"{FILES}/{created['id']}/link", me, {"expires_in": 60}, 200)
+    url = httpx.URL(link["url"])
+    return Call("GET", url.path, 200, params=dict(url.params))
+
+
+@arrange("files.download_by_bad_link")
+async def _files_download_by_bad_link(world: World) -> Call:
+    me = await world.user()
+    created = await _file(world, me)
+    link = await world.post_json(f"{FILES}/{created['id']}/link", me, {"expires_in": 60}, 200)
+    url = httpx.URL(link["url"])
+    tampered = {**dict(url.params), "signature": "x" + url.params["signature"]}
+    return Call("GET", url.path, 403, params=tampered)
+
+
+@arrange("files.delete")
+async def _files_delete(world: World) -> Call:
+    me = await world.user()
+    created = await _file(world, me)
+    return Call("DELETE", f"{FILES}/{created['id']}", 204, headers=me.headers)
 
 
 # operations

@@ -3,13 +3,21 @@ server, a separate process). The files live in a folder or bucket of the test's 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from keel.config import Settings
-from tests.conftest import SettingsFactory
+from keel.main import create_app
+from tests.conftest import SettingsFactory, empty_tables
 from tests.fixtures import s3
+from tests.support.apps import client_for
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -35,3 +43,28 @@ def storage_settings(
 @pytest.fixture
 def settings(make_settings: SettingsFactory, storage_settings: dict[str, object]) -> Settings:
     return make_settings(storage=storage_settings)
+
+
+AppWith = Callable[..., AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncClient]]]
+
+
+@pytest.fixture
+def app_with(
+    make_settings: SettingsFactory, storage_settings: dict[str, object], migrated_database: str
+) -> AppWith:
+    """An app of the test's own, on this backend, with more settings (storage ones as a
+    dict); its rows are emptied afterwards, as the `client` fixture's are."""
+
+    @contextlib.asynccontextmanager
+    async def started(
+        storage: dict[str, object] | None = None, **overrides: Any
+    ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+        settings = make_settings(storage={**storage_settings, **(storage or {})}, **overrides)
+        app = create_app(settings)
+        async with client_for(app) as client:
+            try:
+                yield app, client
+            finally:
+                await empty_tables(app)
+
+    return started

@@ -6,6 +6,9 @@ import hashlib
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from keel.models import File
 
 FILES = "/api/v1/files"
 # The smallest real PNG and PDF heads: the bytes the type is detected from.
@@ -40,9 +43,32 @@ async def stored_keys(app: FastAPI) -> set[str]:
 
 
 async def row_count(app: FastAPI) -> int:
-    from sqlalchemy import func, select
-
-    from keel.models import File
-
     async with app.state.resources.engine.connect() as connection:
         return int((await connection.execute(select(func.count()).select_from(File))).scalar_one())
+
+
+async def raw_upload(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    content: bytes,
+    *,
+    filename: str,
+    content_type: str = "text/plain",
+) -> httpx.Response:
+    """A multipart body written by hand: the file name goes as raw UTF-8, control
+    characters included (clients such as httpx would percent-encode those)."""
+    boundary = "keel-test-boundary-7d41"
+    body = (
+        (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return await client.post(
+        FILES,
+        content=body,
+        headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )

@@ -20,7 +20,15 @@ async def test_upload_stores_the_bytes_and_answers_the_file(
     response = await upload(client, owner.headers, PNG, filename="holiday.png")
     assert response.status_code == 201, response.text
     body = response.json()
-    assert set(body) == {"id", "owner_id", "filename", "content_type", "size", "sha256", "created_at"}
+    assert set(body) == {
+        "id",
+        "owner_id",
+        "filename",
+        "content_type",
+        "size",
+        "sha256",
+        "created_at",
+    }
     assert body["owner_id"] == str(owner.user.id)
     assert body["filename"] == "holiday.png"
     assert body["content_type"] == "image/png"

@@ -58,11 +58,11 @@ def requested_range(header: str | None, size: int) -> ByteRange | None:
             raise _unsatisfiable(size)
         return ByteRange(max(0, size - suffix), size - 1)
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None  # invalid: ignored
     if start >= size:
         raise _unsatisfiable(size)
+    end = int(last) if last else size - 1
     return ByteRange(start, min(end, size - 1))
 
 

@@ -112,6 +112,8 @@ class ContentCheck:
             self._settle(accepted[0])
             return
         if not _is_text(head):
+            if self.declared in TEXT_TYPES and not binary:
+                raise UnsupportedMediaType("Text files must be UTF-8 (without NUL bytes)")
             self._settle(binary[0] if binary else "application/octet-stream")
             return
         self._utf8 = codecs.getincrementaldecoder("utf-8")()

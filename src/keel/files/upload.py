@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
@@ -74,13 +74,6 @@ def boundary_of(content_type: str | None) -> bytes:
     return boundary
 
 
-@dataclass(slots=True)
-class _Part:
-    headers: dict[str, str] = field(default_factory=dict)
-    name: bytes = b""
-    value: bytes = b""
-
-
 class _Events:
     """python-multipart calls back synchronously; the events are queued here and acted
     on (asynchronously: storage writes) after each chunk is parsed."""
@@ -128,7 +121,7 @@ class _Receiver:
         self.batch_bytes = 0
         self.in_file = False
         self.done = False
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, bytes] = {}
         self.filename: str | None = None
         self.declared: str | None = None
         self.check: ContentCheck | None = None
@@ -138,7 +131,7 @@ class _Receiver:
             self.headers = {}
         elif kind == "header":
             name, _, value = data.partition(b"\0")
-            self.headers[name.decode("latin-1").lower()] = value.decode("utf-8", "replace")
+            self.headers[name.decode("latin-1").lower()] = value
         elif kind == "headers":
             self._start_part()
         elif kind == "data":
@@ -148,14 +141,16 @@ class _Receiver:
             self.done = True
 
     def _start_part(self) -> None:
-        _kind, options = parse_options_header(self.headers.get("content-disposition", ""))
+        # Header values stay bytes: browsers send a file name as raw UTF-8.
+        _kind, options = parse_options_header(self.headers.get("content-disposition", b""))
         name = options.get(b"name", b"").decode("utf-8", "replace")
         if name != FIELD or self.done or self.check is not None:
             return
         raw_filename = options.get(b"filename")
         # python-multipart keeps the header's bytes; browsers send UTF-8 there.
         self.filename = raw_filename.decode("utf-8", "replace") if raw_filename else None
-        self.declared = self.headers.get("content-type")
+        declared = self.headers.get("content-type")
+        self.declared = declared.decode("latin-1") if declared is not None else None
         self.check = ContentCheck(self.declared, self.allowed)
         self.in_file = True
 
