@@ -11,7 +11,7 @@ import signal
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -33,6 +33,8 @@ db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True
 app.add_typer(db_app, name="db")
 users_app = typer.Typer(help="Accounts.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+files_app = typer.Typer(help="Stored files.", no_args_is_help=True)
+app.add_typer(files_app, name="files")
 
 T = TypeVar("T")
 
@@ -367,6 +369,58 @@ def create_user(
         return
     role = "admin" if admin else "user"
     typer.echo(f"Created {role} {email.strip().lower()} ({user_id}).")
+
+
+@files_app.command("check")
+def files_check(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report orphaned objects; delete nothing.")
+    ] = False,
+) -> None:
+    """Find stored objects no file refers to (and delete those older than the sweep's
+    grace period), and files whose stored object is missing. Exit code 1 when a file's
+    bytes are missing."""
+    from datetime import timedelta
+
+    from keel.core.db import Database
+    from keel.core.storage import StorageError, create_storage
+    from keel.files.sweep import sweep
+
+    settings = _load_settings()
+
+    async def work(engine: AsyncEngine) -> Any:
+        storage = create_storage(settings)
+        await storage.start()
+        try:
+            return await sweep(
+                Database(engine, None, settings.database.pool_timeout),
+                storage,
+                grace=timedelta(seconds=settings.storage.sweep_grace_seconds),
+                remove=not dry_run,
+                progress=typer.echo,
+            )
+        finally:
+            await storage.close()
+
+    try:
+        report = _with_engine(settings, work)
+    except (StorageError, OSError) as exc:
+        _fail([f"the storage cannot be read: {exc}"])
+        return
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(
+        f"{report.objects_seen} stored objects, {report.files_seen} files: "
+        f"{len(report.orphans_removed)} orphaned objects {verb}, "
+        f"{report.orphans_kept} unreferenced but younger than the grace period (kept), "
+        f"{report.incomplete_removed} unfinished uploads removed, "
+        f"{len(report.missing)} files missing their bytes."
+    )
+    for key in report.orphans_removed:
+        typer.echo(f"  orphan: {key}")
+    for file_id, key in report.missing:
+        typer.secho(f"  missing: file {file_id} (object {key})", fg=typer.colors.RED)
+    if report.missing:
+        raise typer.Exit(1)
 
 
 def main() -> None:

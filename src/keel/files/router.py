@@ -12,6 +12,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import RedirectResponse
 
 from keel.auth.deps import CurrentPrincipal
 from keel.core.conditional import none_match
@@ -181,6 +182,7 @@ async def download_file(
     response_class=Response,
     responses={
         **_CONTENT_RESPONSES,
+        307: {"description": "On S3: to the store's presigned URL for the bytes"},
         403: {"description": "The link has expired, or was altered"},
         404: {"description": "The file has been deleted"},
     },
@@ -197,9 +199,13 @@ async def download_by_link(
     if_none_match: IfNoneMatch = None,
     if_range: IfRange = None,
 ) -> Response:
-    """The file's bytes through a signed link (from `POST /{id}/link`): no credentials."""
+    """The file's bytes through a signed link (from `POST /{id}/link`): no credentials.
+    On S3 the answer is a redirect to the store's own presigned URL."""
     service.check_link(links, file_id, expires, signature)
     found = await service.get_any(db, file_id)
+    direct = await service.presigned(storage, found, expires)
+    if direct is not None:
+        return RedirectResponse(direct, status_code=307)
     return await _send(found, storage, metrics, range_header, if_none_match, if_range)
 
 
@@ -210,7 +216,6 @@ async def download_by_link(
 )
 async def link_file(
     found: FileDep,
-    storage: Storage,
     links: Links,
     settings: AppSettings,
     body: LinkRequest | None = None,
@@ -218,7 +223,7 @@ async def link_file(
     """A URL that downloads the file without credentials until it expires."""
     expires_in = (body or LinkRequest()).expires_in
     download_url = f"{settings.public_base_url}{PREFIX}/{found['id']}/download"
-    return await service.link(storage, links, found, expires_in, download_url)
+    return service.link(links, found, expires_in, download_url)
 
 
 @router.delete(

@@ -230,28 +230,28 @@ async def _empty() -> AsyncIterator[bytes]:
     yield  # pragma: no cover - makes this an (empty) async generator
 
 
-async def link(
-    storage: Storage,
-    signer: LinkSigner,
-    found: FileRow,
-    expires_in: int,
-    download_url: str,
-) -> LinkRead:
-    """A URL that downloads `found` without credentials for `expires_in` seconds:
-    presigned by the store when it can, else signed by Keel (`download_url` is the
-    signed-download route's absolute URL for this file)."""
+def link(signer: LinkSigner, found: FileRow, expires_in: int, download_url: str) -> LinkRead:
+    """A URL that downloads `found` without credentials for `expires_in` seconds,
+    signed by Keel on every backend (`download_url` is the signed-download route's
+    absolute URL for this file): Keel checks it, so an expired or altered link is 403
+    and a deleted file's 404 whatever the store would have said."""
     expires = math.ceil(time.time()) + expires_in
-    expires_at = datetime.fromtimestamp(expires, UTC)
-    url = await storage.presigned_url(
+    signature = signer.sign(str(found["id"]), expires)
+    return LinkRead(
+        url=f"{download_url}?expires={expires}&signature={signature}",
+        expires_at=datetime.fromtimestamp(expires, UTC),
+    )
+
+
+async def presigned(storage: Storage, found: FileRow, expires: int) -> str | None:
+    """The store's own URL for the bytes, valid no longer than the link it serves
+    (None for a store that cannot presign: Keel streams the bytes itself)."""
+    return await storage.presigned_url(
         found["storage_key"],
         filename=found["filename"],
         content_type=found["content_type"],
-        expires_in=expires_in,
+        expires_in=max(1, expires - math.ceil(time.time())),
     )
-    if url is None:
-        signature = signer.sign(str(found["id"]), expires)
-        url = f"{download_url}?expires={expires}&signature={signature}"
-    return LinkRead(url=url, expires_at=expires_at)
 
 
 def check_link(signer: LinkSigner, file_id: uuid.UUID, expires: int, signature: str) -> None:
