@@ -22,7 +22,6 @@ from typing import Any
 
 import anyio
 import structlog
-from starlette.requests import ClientDisconnect
 
 from keel.auth.deps import Principal
 from keel.auth.permissions import Permission
@@ -94,7 +93,7 @@ def _refusal_reason(error: BaseException) -> str:
         return "too_large"
     if isinstance(error, UnsupportedMediaType):
         return "type"
-    if isinstance(error, ClientDisconnect | anyio.get_cancelled_exc_class()):
+    if isinstance(error, upload.UploadAbandoned | anyio.get_cancelled_exc_class()):
         return "aborted"
     if isinstance(error, StorageError):
         return "storage"

@@ -19,6 +19,7 @@ import anyio.to_thread
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
+from starlette.requests import ClientDisconnect
 
 from keel.core.errors import (
     BadRequest,
@@ -57,6 +58,13 @@ class UploadTooLarge(PayloadTooLarge):
             f"The file is larger than the upload limit of {limit} bytes",
             headers={"Connection": "close"},
         )
+
+
+class UploadAbandoned(BadRequest):
+    """The client went away mid-body: nobody reads this answer, but the request's log
+    line says what happened (a 400, not an unhandled error)."""
+
+    message = "The connection closed before the upload ended"
 
 
 def _missing_file() -> ValidationFailed:
@@ -205,14 +213,17 @@ async def receive(
     events = _Events()
     parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
     try:
-        async for chunk in body:
-            try:
-                parser.write(chunk)
-            except MultipartParseError:
-                raise BadRequest("The multipart body is malformed") from None
-            queued, events.queue = events.queue, []
-            for kind, data in queued:
-                await receiver.on(kind, data)
+        try:
+            async for chunk in body:
+                try:
+                    parser.write(chunk)
+                except MultipartParseError:
+                    raise BadRequest("The multipart body is malformed") from None
+                queued, events.queue = events.queue, []
+                for kind, data in queued:
+                    await receiver.on(kind, data)
+        except ClientDisconnect:
+            raise UploadAbandoned from None
         parser.finalize()
         content_type_found = receiver.finish()
         await receiver.flush()
