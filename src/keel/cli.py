@@ -407,18 +407,8 @@ def files_check(
     except (StorageError, OSError) as exc:
         _fail([f"the storage cannot be read: {exc}"])
         return
-    verb = "would delete" if dry_run else "deleted"
-    typer.echo(
-        f"{report.objects_seen} stored objects, {report.files_seen} files: "
-        f"{len(report.orphans_removed)} orphaned objects {verb}, "
-        f"{report.orphans_kept} unreferenced but younger than the grace period (kept), "
-        f"{report.incomplete_removed} unfinished uploads removed, "
-        f"{len(report.missing)} files missing their bytes."
-    )
-    for key in report.orphans_removed:
-        typer.echo(f"  orphan: {key}")
-    for file_id, key in report.missing:
-        typer.secho(f"  missing: file {file_id} (object {key})", fg=typer.colors.RED)
+    for line in report.describe(dry_run=dry_run):
+        typer.echo(line)
     if report.missing:
         raise typer.Exit(1)
 

@@ -186,7 +186,7 @@ def test_keel_files_check_prints_what_it_found(cli_env: Path) -> None:
 
     dry = runner.invoke(cli, ["files", "check", "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert "1 orphaned objects would delete" in dry.output or "would delete" in dry.output
+    assert "1 orphaned objects would be deleted" in dry.output
     assert orphan.exists()
 
     real = runner.invoke(cli, ["files", "check"])

@@ -3,6 +3,7 @@ the quota and its race, idempotency, deleting a user, metrics."""
 
 from __future__ import annotations
 
+import shutil
 from urllib.parse import unquote
 
 import anyio
@@ -356,3 +357,20 @@ async def test_metrics_count_bytes_both_ways_and_refusals(
     assert f"keel_file_bytes_uploaded_total {float(len(PNG))}" in metrics
     assert f"keel_file_bytes_downloaded_total {float(len(PNG) + 10)}" in metrics
     assert 'keel_file_uploads_refused_total{reason="type"} 1.0' in metrics
+
+
+async def test_a_failing_store_is_503_and_leaves_no_row(
+    app_with: AppWith, storage_backend: str
+) -> None:
+    broken = {"s3_bucket": "keel-test-no-such-bucket"} if storage_backend == "s3" else {}
+    async with app_with(broken) as (app, client):
+        if storage_backend == "local":
+            shutil.rmtree(app.state.storage.incoming)  # the folder is gone from under it
+        owner = await signed_in(app, client)
+        response = await upload(client, owner.headers, PNG)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+        assert "retry-after" in response.headers
+        assert await row_count(app) == 0
+        metrics = (await client.get("/metrics")).text
+        assert 'keel_file_uploads_refused_total{reason="storage"} 1.0' in metrics

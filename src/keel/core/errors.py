@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from keel.core.request_context import current_request_id
+from keel.core.storage import StorageError
 
 log = structlog.get_logger("keel.errors")
 
@@ -198,8 +199,8 @@ async def _dependency_down(request: Request, exc: Exception) -> Response:
     )
 
 
-# What "a dependency is down" looks like: the database or Redis unreachable, a pool
-# with no free connection in time, a connection dropped mid-request.
+# What "a dependency is down" looks like: the database, Redis or the file store
+# unreachable, a pool with no free connection in time, a connection dropped mid-request.
 DEPENDENCY_DOWN_ERRORS: tuple[type[Exception], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
@@ -214,6 +215,8 @@ DEPENDENCY_DOWN_ERRORS: tuple[type[Exception], ...] = (
     TimeoutError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # File storage: S3 unreachable or refusing, the local folder full or unwritable.
+    StorageError,
 )
 
 

@@ -38,9 +38,20 @@ class SweepReport:
     incomplete_removed: int = 0
     missing: list[tuple[str, str]] = field(default_factory=list)  # (file id, storage key)
 
-    @property
-    def clean(self) -> bool:
-        return not self.orphans_removed and not self.missing
+    def describe(self, *, dry_run: bool = False) -> list[str]:
+        """What was found, as `keel files check` prints it."""
+        verb = "would be deleted" if dry_run else "deleted"
+        summary = (
+            f"{self.objects_seen} stored objects, {self.files_seen} files: "
+            f"{len(self.orphans_removed)} orphaned objects {verb}, "
+            f"{self.orphans_kept} unreferenced but younger than the grace period (kept), "
+            f"{self.incomplete_removed} unfinished uploads removed, "
+            f"{len(self.missing)} files missing their bytes."
+        )
+        lines = [summary]
+        lines += [f"  orphan: {key}" for key in self.orphans_removed]
+        lines += [f"  missing: file {file_id} (object {key})" for file_id, key in self.missing]
+        return lines
 
 
 async def sweep(

@@ -47,7 +47,10 @@ class LocalWriter:
 
     async def write(self, data: bytes) -> None:
         # Callers write in large batches (uploads: 1 MiB): one thread hop each.
-        await anyio.to_thread.run_sync(self._write, data)
+        try:
+            await anyio.to_thread.run_sync(self._write, data)
+        except OSError as exc:  # a full disk, a folder gone read-only
+            raise StorageError(f"writing to the storage folder failed: {exc.strerror}") from exc
 
     def _write(self, data: bytes) -> None:
         if self._file is None:
@@ -56,7 +59,10 @@ class LocalWriter:
         self._file.write(data)
 
     async def commit(self) -> None:
-        await anyio.to_thread.run_sync(self._finish)
+        try:
+            await anyio.to_thread.run_sync(self._finish)
+        except OSError as exc:
+            raise StorageError(f"writing to the storage folder failed: {exc.strerror}") from exc
         self._done = True
 
     def _finish(self) -> None:
