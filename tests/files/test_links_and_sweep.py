@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from keel.cli import app as cli
 from keel.files.repository import find
-from keel.files.sweep import sweep
+from keel.files.sweep import BATCH, sweep
 from tests.factories.users import signed_in
 from tests.files.conftest import AppWith
 from tests.files.support import FILES, PNG, stored_keys, upload
@@ -193,3 +193,18 @@ def test_keel_files_check_prints_what_it_found(cli_env: Path) -> None:
     assert real.exit_code == 0, real.output
     assert "1 orphaned objects deleted" in real.output
     assert not orphan.exists()
+
+
+async def test_the_sweep_works_in_batches(app: FastAPI, client: httpx.AsyncClient) -> None:
+    """More objects than one batch: each batch is checked, none is missed."""
+    owner = await signed_in(app, client)
+    kept = (await upload(client, owner.headers, PNG)).json()
+    orphans = [f"{n:032x}" for n in range(1, BATCH + 20)]
+    for key in orphans:
+        await _plant_orphan(app, key, age_seconds=7200)
+    report = await sweep(app.state.database, app.state.storage, grace=timedelta(0))
+    assert sorted(report.orphans_removed) == orphans
+    assert report.objects_seen == len(orphans) + 1
+    assert report.files_seen == 1
+    assert report.missing == []
+    assert await stored_keys(app) == {await _key_of(app, kept["id"])}

@@ -117,10 +117,24 @@ async def keys_of_owner(db: Unit, owner: uuid.UUID) -> list[str]:
     return [row["storage_key"] for row in rows]
 
 
+# The sweep asks about keys in batches of this many: one statement shape, compiled once
+# (a shorter batch repeats its last key), since the request path's statement cache
+# compiles no expanding IN lists.
+KEY_BATCH = 500
+_REFERENCED = prepared(
+    select(COLUMNS.storage_key).where(
+        COLUMNS.storage_key.in_([bindparam(f"key_{n}") for n in range(KEY_BATCH)])
+    )
+)
+
+
 async def referenced_keys(db: Unit, keys: Sequence[str]) -> set[str]:
-    """Which of `keys` a file references (a batch of the sweep's listing)."""
-    statement = select(COLUMNS.storage_key).where(COLUMNS.storage_key.in_(list(keys)))
-    return {row["storage_key"] for row in await db.all(statement)}
+    """Which of `keys` (at most KEY_BATCH, at least one) a file references."""
+    if not 0 < len(keys) <= KEY_BATCH:
+        raise ValueError(f"between 1 and {KEY_BATCH} keys at a time, not {len(keys)}")
+    padded = [*keys, *[keys[-1]] * (KEY_BATCH - len(keys))]
+    values = {f"key_{n}": key for n, key in enumerate(padded)}
+    return {row["storage_key"] for row in await db.all(_REFERENCED, values)}
 
 
 def keyset_of_keys(after: str | None, limit: int) -> tuple[Select[Any], dict[str, Any]]:

@@ -22,7 +22,7 @@ from keel.core.db import Database
 from keel.core.storage import Storage, StoredObject
 from keel.files import repository
 
-BATCH = 500
+BATCH = repository.KEY_BATCH
 # Existence checks in flight at once (S3: one HEAD request each).
 CONCURRENT_CHECKS = 16
 
