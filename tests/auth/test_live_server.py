@@ -14,7 +14,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from tests.fixtures import databases
 from tests.support.servers import (
     STARTUP_SECONDS,
-    clean_env,
+    live_env,
     request_counts_by_worker,
     serve,
     wait_until_healthy,
@@ -29,14 +29,12 @@ ADMIN_PASSWORD = "a long and uncommon passphrase"
 async def test_authlib_logs_in_with_the_password_grant_and_refreshes(
     migrated_database: str, tmp_path: Path
 ) -> None:
-    env = clean_env(
-        KEEL_DATA_DIR=str(tmp_path),
-        KEEL_DATABASE_URL=migrated_database,
+    env = live_env(
+        tmp_path,
+        migrated_database,
         # The first admin is created at start: the account this client signs in with.
         KEEL_FIRST_ADMIN_EMAIL=ADMIN_EMAIL,
         KEEL_FIRST_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        KEEL_AUTH_ARGON2_MEMORY_KIB="1024",
-        KEEL_AUTH_ARGON2_TIME_COST="1",
     )
     with serve(tmp_path, env) as server:
         await wait_until_healthy(server)
@@ -101,15 +99,13 @@ async def test_login_rate_limit_holds_across_two_workers(
     limit = 10
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    env = clean_env(
+    env = live_env(
+        tmp_path,
+        migrated_database,
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        KEEL_DATA_DIR=str(tmp_path),
-        KEEL_DATABASE_URL=migrated_database,
         KEEL_REDIS_URL=requires_redis,
         KEEL_REDIS_KEY_PREFIX=f"{redis_prefix}live:",
         KEEL_LIMIT_TOKEN_ACCOUNT=f"{limit}/minute",
-        KEEL_AUTH_ARGON2_MEMORY_KIB="1024",
-        KEEL_AUTH_ARGON2_TIME_COST="1",
     )
     with serve(tmp_path, env, "--workers", "2") as server:
         await wait_until_healthy(server)

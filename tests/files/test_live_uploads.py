@@ -17,7 +17,7 @@ import pytest
 
 from tests.files.support import PNG
 from tests.fixtures import s3
-from tests.support.servers import HOST, Server, clean_env, serve, wait_until_healthy
+from tests.support.servers import HOST, Server, live_env, serve, wait_until_healthy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -36,13 +36,11 @@ PREAMBLE = (
 async def _server(
     tmp_path: Path, migrated_database: str, storage: dict[str, str], limit: int = LIMIT
 ) -> AsyncIterator[tuple[Server, str]]:
-    env = clean_env(
-        KEEL_DATA_DIR=str(tmp_path),
-        KEEL_DATABASE_URL=migrated_database,
+    env = live_env(
+        tmp_path,
+        migrated_database,
         KEEL_FIRST_ADMIN_EMAIL=ADMIN_EMAIL,
         KEEL_FIRST_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        KEEL_AUTH_ARGON2_MEMORY_KIB="1024",
-        KEEL_AUTH_ARGON2_TIME_COST="1",
         KEEL_MAX_UPLOAD_BYTES=str(limit),
         **storage,
     )
@@ -62,20 +60,13 @@ async def _server(
 
 
 @pytest.fixture
-def live_storage(
-    storage_backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> dict[str, str]:
-    if storage_backend == "local":
-        return {"KEEL_STORAGE_BACKEND": "local", "KEEL_STORAGE_LOCAL_PATH": str(tmp_path / "files")}
-    endpoint = request.getfixturevalue("s3_endpoint")
-    return {
-        "KEEL_STORAGE_BACKEND": "s3",
-        "KEEL_STORAGE_S3_BUCKET": s3.new_bucket(endpoint),
-        "KEEL_STORAGE_S3_ENDPOINT_URL": endpoint,
-        "KEEL_STORAGE_S3_REGION": s3.REGION,
-        "KEEL_STORAGE_S3_PART_BYTES": str(5 * 1024 * 1024),
-        **s3.CREDENTIALS,
-    }
+def live_storage(storage_settings: dict[str, object]) -> dict[str, str]:
+    """The test's storage settings as the server's environment."""
+    env = {f"KEEL_STORAGE_{name.upper()}": str(value) for name, value in storage_settings.items()}
+    if storage_settings["backend"] == "s3":
+        # S3's smallest part: a multipart upload begins after 5 MiB.
+        env |= {"KEEL_STORAGE_S3_PART_BYTES": str(5 * 1024 * 1024), **s3.CREDENTIALS}
+    return env
 
 
 @contextlib.contextmanager

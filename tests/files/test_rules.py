@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.factories.users import signed_in
+from tests.factories.users import SignedIn, signed_in
 from tests.files.conftest import AppWith
 from tests.files.support import (
     FILES,
@@ -135,6 +135,14 @@ BYTES = bytes(range(256)) * 4  # 1,024 bytes, every byte value, as text it is no
 TEXT = b"0123456789" * 100  # 1,000 bytes
 
 
+async def _text_file(app: FastAPI, client: httpx.AsyncClient) -> tuple[SignedIn, str]:
+    """A user, and the content URL of a file of theirs holding TEXT."""
+    owner = await signed_in(app, client)
+    created = await upload(client, owner.headers, TEXT, filename="d.txt", content_type="text/plain")
+    assert created.status_code == 201, created.text
+    return owner, f"{FILES}/{created.json()['id']}/content"
+
+
 @pytest.mark.parametrize(
     ("header", "start", "end"),
     [
@@ -150,9 +158,7 @@ TEXT = b"0123456789" * 100  # 1,000 bytes
 async def test_one_range_is_206(
     app: FastAPI, client: httpx.AsyncClient, header: str, start: int, end: int
 ) -> None:
-    owner = await signed_in(app, client)
-    created = await upload(client, owner.headers, TEXT, filename="d.txt", content_type="text/plain")
-    url = f"{FILES}/{created.json()['id']}/content"
+    owner, url = await _text_file(app, client)
     response = await client.get(url, headers={**owner.headers, "Range": header})
     assert response.status_code == 206, response.text
     assert response.content == TEXT[start : end + 1]
@@ -165,9 +171,7 @@ async def test_one_range_is_206(
 async def test_a_range_past_the_end_is_416(
     app: FastAPI, client: httpx.AsyncClient, header: str
 ) -> None:
-    owner = await signed_in(app, client)
-    created = await upload(client, owner.headers, TEXT, filename="d.txt", content_type="text/plain")
-    url = f"{FILES}/{created.json()['id']}/content"
+    owner, url = await _text_file(app, client)
     response = await client.get(url, headers={**owner.headers, "Range": header})
     assert response.status_code == 416
     assert response.headers["content-range"] == f"bytes */{len(TEXT)}"
@@ -180,9 +184,7 @@ async def test_a_range_past_the_end_is_416(
 async def test_ranges_it_cannot_honour_exactly_get_the_whole_file(
     app: FastAPI, client: httpx.AsyncClient, header: str
 ) -> None:
-    owner = await signed_in(app, client)
-    created = await upload(client, owner.headers, TEXT, filename="d.txt", content_type="text/plain")
-    url = f"{FILES}/{created.json()['id']}/content"
+    owner, url = await _text_file(app, client)
     response = await client.get(url, headers={**owner.headers, "Range": header})
     assert response.status_code == 200
     assert response.content == TEXT
@@ -191,10 +193,8 @@ async def test_ranges_it_cannot_honour_exactly_get_the_whole_file(
 async def test_if_range_with_a_stale_tag_gets_the_whole_file(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    owner = await signed_in(app, client)
-    created = await upload(client, owner.headers, TEXT, filename="d.txt", content_type="text/plain")
-    url = f"{FILES}/{created.json()['id']}/content"
-    current = f'"{created.json()["sha256"]}"'
+    owner, url = await _text_file(app, client)
+    current = f'"{sha256(TEXT)}"'
     stale = await client.get(
         url, headers={**owner.headers, "Range": "bytes=0-4", "If-Range": '"x"'}
     )

@@ -55,6 +55,18 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
+def live_env(data_dir: Path, database_url: str, **settings: str) -> dict[str, str]:
+    """`clean_env` for a test server: its own data folder, the test database, cheap
+    password hashes (the parameters are settings; production's are tested elsewhere)."""
+    return clean_env(
+        KEEL_DATA_DIR=str(data_dir),
+        KEEL_DATABASE_URL=database_url,
+        KEEL_AUTH_ARGON2_MEMORY_KIB="1024",
+        KEEL_AUTH_ARGON2_TIME_COST="1",
+        **settings,
+    )
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     """Stop the server if it still runs, then kill anything left in its process group."""
     if process.poll() is None:
