@@ -112,7 +112,7 @@ async def test_a_link_fails_once_expired_tampered_or_deleted(
 async def _plant_orphan(app: FastAPI, key: str, age_seconds: float) -> None:
     storage = app.state.storage
     writer = storage.writer(key)
-    await writer.write(b"left behind by a crash")
+    await writer.write([b"left behind by a crash"])
     await writer.commit()
     if storage.name == "local":
         stamp = time.time() - age_seconds
@@ -161,7 +161,7 @@ async def test_an_aborted_s3_multipart_upload_is_aborted(
         storage = app.state.storage
         writer = storage.writer("feed" * 8)
         part = getattr(storage, "part_bytes", 1024 * 1024)
-        await writer.write(b"x" * part)
+        await writer.write([b"x" * part])
         await writer.abort()
         assert await stored_keys(app) == set()
         if storage_backend == "s3":

@@ -3,16 +3,20 @@
 The multipart body is parsed as it arrives (python-multipart's push parser, never
 `request.form()` or a spooled copy): the `file` part's bytes are counted against the
 limit, checked for their type, hashed and written to storage in batches, so memory
-holds one batch whatever the file's size. The limit is enforced as the bytes arrive:
+holds two batches whatever the file's size: one being received while the one before is
+hashed and written (on two threads at once). The limit is enforced as the bytes arrive:
 past it, reading stops and the answer is 413 at once. On any failure, the client
 leaving included, the object being written is aborted: nothing is left under its key.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -33,7 +37,7 @@ from keel.files.detect import ContentCheck
 from keel.files.names import safe_filename
 
 FIELD = "file"
-# Written (and hashed) in batches of this much: a thread hop per batch, not per chunk.
+# Written (and hashed) in batches of this much: thread hops per batch, not per chunk.
 BATCH_BYTES = 1024 * 1024
 # What the multipart envelope and any other fields may add to the file's own bytes.
 ENVELOPE_BYTES = 64 * 1024
@@ -99,7 +103,8 @@ class _Events:
             "on_header_end": self._header_end,
             "on_headers_finished": lambda: self.queue.append(("headers", b"")),
             "on_part_data": lambda data, start, end: self.queue.append(
-                ("data", bytes(data[start:end]))
+                # The chunk itself when the part spans it (no copy), else the slice.
+                ("data", data if start == 0 and end == len(data) else data[start:end])
             ),
             "on_part_end": lambda: self.queue.append(("end", b"")),
         }
@@ -123,6 +128,7 @@ class _Receiver:
         self.key = uuid7().hex
         self.writer = storage.writer(self.key)
         self.hasher = hashlib.sha256()
+        self.in_flight: asyncio.Future[None] | None = None
         self.size = 0
         self.other_bytes = 0
         self.batch: list[bytes] = []
@@ -187,13 +193,39 @@ class _Receiver:
         return self.check.finish()
 
     async def flush(self) -> None:
+        """Hand the batch on; it is hashed and stored while the next one is received.
+        One batch at a time is in flight: memory stays at about two batches."""
+        await self.settle()
         if not self.batch:
             return
-        data = b"".join(self.batch)
-        self.batch, self.batch_bytes = [], 0
-        # Hashing a large buffer is CPU work: off the event loop (DESIGN.md).
-        await anyio.to_thread.run_sync(self.hasher.update, data)
-        await self.writer.write(data)
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
+        self.in_flight = asyncio.ensure_future(self._store(batch))
+
+    async def settle(self) -> None:
+        """Wait for the batch in flight (its failure is raised here)."""
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is not None:
+            await in_flight
+
+    async def _store(self, batch: list[bytes]) -> None:
+        # Hashing is CPU work (off the event loop, DESIGN.md); the hash and the write
+        # run on two threads at once.
+        await asyncio.gather(
+            anyio.to_thread.run_sync(_hash_into, self.hasher, batch), self.writer.write(batch)
+        )
+
+    async def discard(self) -> None:
+        """After a failure: let the batch in flight end, then forget the object."""
+        if self.in_flight is not None:
+            with contextlib.suppress(Exception):
+                await self.in_flight
+            self.in_flight = None
+        await self.writer.abort()
+
+
+def _hash_into(hasher: Any, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)
 
 
 async def receive(
@@ -227,11 +259,12 @@ async def receive(
         parser.finalize()
         content_type_found = receiver.finish()
         await receiver.flush()
+        await receiver.settle()
         await receiver.writer.commit()
     except BaseException:
         # Shielded: a cancelled request (the client gone, a shutdown) still cleans up.
         with anyio.CancelScope(shield=True):
-            await receiver.writer.abort()
+            await receiver.discard()
         raise
     return Received(
         key=receiver.key,

@@ -9,7 +9,7 @@ made by the caller (never from a client's file name) and are plain `[0-9a-f]` st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -33,7 +33,8 @@ class StoredObject:
 
 
 class ObjectWriter(Protocol):
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, chunks: Sequence[bytes]) -> None:
+        """Append `chunks`, in order (callers write in large batches)."""
 
     async def commit(self) -> None:
         """Make the object visible under its key, durably."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,18 +45,18 @@ class LocalWriter:
         self._file: Any = None
         self._done = False
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, chunks: Sequence[bytes]) -> None:
         # Callers write in large batches (uploads: 1 MiB): one thread hop each.
         try:
-            await anyio.to_thread.run_sync(self._write, data)
+            await anyio.to_thread.run_sync(self._write, chunks)
         except OSError as exc:  # a full disk, a folder gone read-only
             raise StorageError(f"writing to the storage folder failed: {exc.strerror}") from exc
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, chunks: Sequence[bytes]) -> None:
         if self._file is None:
             # Held open across calls, closed by _finish or _discard.
             self._file = self._temporary.open("xb", buffering=0)
-        self._file.write(data)
+        self._file.writelines(chunks)
 
     async def commit(self) -> None:
         try:

@@ -8,8 +8,9 @@ chain (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, a profile, an instance role)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,62 +34,93 @@ def _missing(error: ClientError) -> bool:
 
 
 class S3Writer:
+    """A multipart upload with one part in flight while the next one fills (so the
+    client is never kept waiting on a whole part's round trip), or a single PUT for an
+    object smaller than one part."""
+
     def __init__(self, storage: S3Storage, key: str) -> None:
         self._storage = storage
         self._key = key
-        self._buffer = bytearray()
+        # Chunks of the part being filled, joined once when it is sent.
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
+        self._sending: asyncio.Future[None] | None = None
         self._done = False
 
-    async def write(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= self._storage.part_bytes:
-            await self._send_part()
-
-    async def _send_part(self) -> None:
-        client, bucket = self._storage.client, self._storage.bucket
-        try:
+    async def write(self, chunks: Sequence[bytes]) -> None:
+        self._chunks.extend(chunks)
+        self._buffered += sum(len(chunk) for chunk in chunks)
+        if self._buffered >= self._storage.part_bytes:
+            await self._settle()
             if self._upload_id is None:
-                started = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
+                started = await self._call(
+                    self._storage.client.create_multipart_upload,
+                    Bucket=self._storage.bucket,
+                    Key=self._key,
+                )
                 self._upload_id = started["UploadId"]
-            number = len(self._parts) + 1
-            sent = await client.upload_part(
-                Bucket=bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=bytes(self._buffer),
-            )
+            self._sending = asyncio.ensure_future(self._send_part(self._take()))
+
+    def _take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        return data
+
+    async def _settle(self) -> None:
+        sending, self._sending = self._sending, None
+        if sending is not None:
+            await sending
+
+    @staticmethod
+    async def _call(method: Any, **arguments: Any) -> Any:
+        try:
+            answer = await method(**arguments)
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"upload to the store failed: {exc}") from exc
-        self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
-        self._buffer = bytearray()
+        return answer
+
+    async def _send_part(self, data: bytes) -> None:
+        number = len(self._parts) + 1
+        # Reserved before the await, so the parts stay in order.
+        entry: dict[str, Any] = {"PartNumber": number}
+        self._parts.append(entry)
+        sent = await self._call(
+            self._storage.client.upload_part,
+            Bucket=self._storage.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        entry["ETag"] = sent["ETag"]
 
     async def commit(self) -> None:
         client, bucket = self._storage.client, self._storage.bucket
-        try:
-            if self._upload_id is None:
-                await client.put_object(Bucket=bucket, Key=self._key, Body=bytes(self._buffer))
-            else:
-                if self._buffer:
-                    await self._send_part()
-                await client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=self._key,
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": self._parts},  # type: ignore[typeddict-item]
-                )
-        except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"upload to the store failed: {exc}") from exc
+        await self._settle()
+        if self._upload_id is None:
+            await self._call(client.put_object, Bucket=bucket, Key=self._key, Body=self._take())
+        else:
+            if self._chunks:
+                await self._send_part(self._take())
+            await self._call(
+                client.complete_multipart_upload,
+                Bucket=bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
         self._done = True
-        self._buffer = bytearray()
 
     async def abort(self) -> None:
         if self._done:
             return
         self._done = True
-        self._buffer = bytearray()
+        self._chunks, self._buffered = [], 0
+        # The part in flight ends first: aborting under it could leave it stored.
+        with contextlib.suppress(Exception):
+            await self._settle()
         if self._upload_id is not None:
             # Left unaborted, the parts would be kept (and billed) until swept.
             with contextlib.suppress(BotoCoreError, ClientError):
@@ -139,6 +171,9 @@ class S3Storage:
             connect_timeout=5,
             read_timeout=30,
             retries={"max_attempts": 3, "mode": "standard"},
+            # botocore would add a CRC32 of every part, computed on the event loop; the
+            # sha256 Keel computes (off the loop) is the file's checksum.
+            request_checksum_calculation="when_required",
         )
         self._client = await self._stack.enter_async_context(
             session.client(
