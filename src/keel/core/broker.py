@@ -1,79 +1,229 @@
-"""Publish/subscribe between processes: how realtime events reach every worker.
+"""Channels of frames, delivered to every worker and host, each frame with its `seq`.
 
 Two backends behind one interface: in-process (the embedded default, one worker) and
-Redis pub/sub (any number of workers and hosts). A subscription is a bounded queue:
-a subscriber too slow to keep up loses its subscription rather than the process its
-memory.
+Redis (any number of workers and hosts). Both keep each channel's recent frames (at
+least `HISTORY_SECONDS`, at most about `HISTORY_FRAMES`), so a subscriber that comes
+back with the last `seq` it saw gets what it missed, in order, none twice; or, when
+that is no longer kept, a `gap`.
+
+Why Redis Streams, not pub/sub: one `XADD` both delivers a frame and keeps it, its
+entry id is a `seq` that orders the channel across every publisher, `XRANGE` replays
+from any `seq`, and a reader that lost its connection resumes from the last id it read,
+so nothing published meanwhile by other processes is lost. Pub/sub would need a second
+store for the history, a seq made elsewhere, and drops whatever is published while a
+subscriber reconnects.
+
+Frames are delivered into an `Outbox`, one bounded queue per consumer (a WebSocket
+connection): a consumer too slow to keep up overflows it and is told, instead of the
+process holding its backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
-from collections import defaultdict
+import time
+from collections import deque
 from collections.abc import AsyncIterator
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import orjson
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError, ResponseError
 
 log = structlog.get_logger("keel.broker")
 
-SUBSCRIBER_QUEUE_SIZE = 256
+HISTORY_SECONDS = 300
+HISTORY_FRAMES = 10_000
+OUTBOX_FRAMES = 1_024
+READ_BLOCK_MS = 100
+READ_BATCH = 500
 RECONNECT_DELAY_SECONDS = 1.0
-READ_TIMEOUT_SECONDS = 0.05
+
+SeqKey = tuple[int, int]
 
 
-class SubscriberOverflow(Exception):
-    """The subscriber fell too far behind; its queue overflowed."""
+class BrokerUnavailable(Exception):
+    """The broker's store cannot be reached (Redis down): try again later."""
+
+
+class OutboxOverflow(Exception):
+    """The consumer fell too far behind: its outbox overflowed."""
+
+
+def parse_seq(seq: str) -> SeqKey | None:
+    """`<milliseconds>-<n>`, as Redis stream ids are (the in-process broker makes the
+    same); None for anything else."""
+    first, dash, second = seq.partition("-")
+    if not dash or not first.isdigit() or not second.isdigit():
+        return None
+    return int(first), int(second)
+
+
+def format_seq(key: SeqKey) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+@dataclass(slots=True)
+class Frame:
+    """One published payload (a JSON object) and its place in its channel."""
+
+    channel: str
+    seq: str
+    key: SeqKey
+    payload: bytes
+    # Shared by every local subscriber: parsed and rendered once, not once each.
+    _data: dict[str, Any] | None = field(default=None, repr=False)
+    _rendered: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = orjson.loads(self.payload)
+        return self._data
+
+    def render(self, kind: str) -> bytes:
+        """The frame as sent to clients: `{"type": kind, "channel", "seq", **payload}`."""
+        rendered = self._rendered.get(kind)
+        if rendered is None:
+            rendered = orjson.dumps(
+                {"type": kind, "channel": self.channel, "seq": self.seq, **self.data}
+            )
+            self._rendered[kind] = rendered
+        return rendered
+
+
+class Outbox:
+    """A consumer's bounded queue of frames from all its subscriptions.
+
+    Live frames are put without waiting (`put_nowait`): when the queue is full the
+    consumer is too slow, the backlog is dropped and `get` raises `OutboxOverflow`.
+    A replay is put with `put` and waits for room (it is the consumer's own request),
+    leaving half the queue for live frames meanwhile.
+    """
+
+    def __init__(self, capacity: int = OUTBOX_FRAMES) -> None:
+        self.capacity = capacity
+        self._items: deque[Any] = deque()
+        self._readable = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.overflowed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: Any) -> None:
+        if self.overflowed:
+            return
+        if len(self._items) >= self.capacity:
+            self.overflow()
+            return
+        self._items.append(item)
+        self._readable.set()
+
+    def overflow(self) -> None:
+        self.overflowed = True
+        self._items.clear()  # the memory goes now, not when the consumer leaves
+        self._readable.set()
+        self._room.set()
+
+    async def put(self, item: Any) -> None:
+        while len(self._items) >= self.capacity // 2 and not self.overflowed:
+            self._room.clear()
+            await self._room.wait()
+        self.put_nowait(item)
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self.overflowed:
+                raise OutboxOverflow
+            self._readable.clear()
+            await self._readable.wait()
+        if self.overflowed:
+            raise OutboxOverflow
+        item = self._items.popleft()
+        if len(self._items) < self.capacity // 2:
+            self._room.set()
+        return item
 
 
 class Subscription:
-    def __init__(self, channel: str, maxsize: int = SUBSCRIBER_QUEUE_SIZE) -> None:
+    """One consumer's interest in one channel: live frames go to its outbox, in order
+    and once each (frames at or before `last` are skipped, which is how a replay and
+    the live frames it overlaps are joined). While `holding`, live frames wait here
+    (a replay is being sent first)."""
+
+    def __init__(self, channel: str, outbox: Outbox, last: SeqKey) -> None:
         self.channel = channel
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize)
-        self.overflowed = False
+        self.outbox = outbox
+        self.last = last
+        self.holding = True
+        self._held: list[Frame] = []
 
-    def deliver(self, message: bytes) -> None:
-        if self.overflowed:
+    def deliver(self, frame: Frame) -> None:
+        if frame.key <= self.last:
             return
-        try:
-            self._queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.overflowed = True
-            self._queue.get_nowait()
-            self._queue.put_nowait(None)  # wakes the reader to see the overflow
+        if self.holding:
+            if len(self._held) >= self.outbox.capacity:
+                self.outbox.overflow()
+                self._held.clear()
+                return
+            self._held.append(frame)
+            return
+        self.last = frame.key
+        self.outbox.put_nowait(frame)
 
-    async def get(self) -> bytes:
-        message = await self._queue.get()
-        if message is None:
-            raise SubscriberOverflow(self.channel)
-        return message
+    def release(self) -> None:
+        """The replay is out: send what was held (newer than the replay), then go live."""
+        self.holding = False
+        held, self._held = self._held, []
+        # In seq order: a catch-up read may have added older frames after newer ones.
+        for frame in sorted(held, key=lambda frame: frame.key):
+            self.deliver(frame)
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a subscription starts: frames to replay first, or a gap."""
+
+    replay: list[Frame]
+    gap: bool
 
 
 class Broker(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    async def publish(self, channel: str, message: bytes) -> None: ...
-    def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+
+    async def publish(self, channel: str, payload: bytes) -> str:
+        """Append `payload` (a JSON object) to `channel`; its seq. Raises
+        BrokerUnavailable when the store cannot take it."""
+
+    def subscribe(
+        self, channel: str, outbox: Outbox, since: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[tuple[Subscription, Resume]]:
+        """Live frames of `channel` into `outbox` (held until `release()`), and what to
+        replay first when `since` is given."""
 
 
 class _LocalFanout:
     """Subscriptions of this process, by channel."""
 
     def __init__(self) -> None:
-        self.subscriptions: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self.subscriptions: dict[str, set[Subscription]] = {}
 
-    def deliver(self, channel: str, message: bytes) -> None:
-        for subscription in tuple(self.subscriptions.get(channel, ())):
-            subscription.deliver(message)
+    def deliver(self, frame: Frame) -> None:
+        for subscription in tuple(self.subscriptions.get(frame.channel, ())):
+            subscription.deliver(frame)
 
     def add(self, subscription: Subscription) -> bool:
         """Add; True when it is the channel's first local subscriber."""
-        first = not self.subscriptions.get(subscription.channel)
-        self.subscriptions[subscription.channel].add(subscription)
-        return first
+        existing = self.subscriptions.setdefault(subscription.channel, set())
+        existing.add(subscription)
+        return len(existing) == 1
 
     def remove(self, subscription: Subscription) -> bool:
         """Remove; True when the channel has no local subscriber left."""
@@ -86,10 +236,33 @@ class _LocalFanout:
             return True
         return False
 
+    @property
+    def channels(self) -> list[str]:
+        return list(self.subscriptions)
+
+
+# ---------------------------------------------------------------- in-process
+
+
+@dataclass(slots=True)
+class _History:
+    frames: deque[tuple[float, Frame]] = field(default_factory=deque)
+    last: SeqKey = (0, 0)
+    # The newest seq no longer kept: a `since` before it has missed something.
+    dropped: SeqKey = (0, 0)
+
+    def prune(self, now: float) -> None:
+        while self.frames and (
+            len(self.frames) > HISTORY_FRAMES or self.frames[0][0] < now - HISTORY_SECONDS
+        ):
+            _at, frame = self.frames.popleft()
+            self.dropped = frame.key
+
 
 class InProcessBroker:
     def __init__(self) -> None:
         self._fanout = _LocalFanout()
+        self._histories: dict[str, _History] = {}
 
     async def start(self) -> None:
         return None
@@ -97,94 +270,207 @@ class InProcessBroker:
     async def close(self) -> None:
         self._fanout.subscriptions.clear()
 
-    async def publish(self, channel: str, message: bytes) -> None:
-        self._fanout.deliver(channel, message)
+    def _next_key(self, history: _History) -> SeqKey:
+        now_ms = int(time.time() * 1000)
+        if now_ms > history.last[0]:
+            return now_ms, 0
+        return history.last[0], history.last[1] + 1
+
+    async def publish(self, channel: str, payload: bytes) -> str:
+        history = self._histories.setdefault(channel, _History())
+        key = self._next_key(history)
+        history.last = key
+        frame = Frame(channel, format_seq(key), key, payload)
+        now = time.monotonic()
+        history.frames.append((now, frame))
+        history.prune(now)
+        self._fanout.deliver(frame)
+        return frame.seq
+
+    def _resume(self, history: _History | None, since: str) -> Resume:
+        key = parse_seq(since)
+        if history is None or key is None:
+            return Resume([], gap=True)
+        kept = [frame.key for _at, frame in history.frames]
+        # A seq this channel gave and still knows: a kept frame's, or the last dropped
+        # one's (everything after it is kept). Anything else is a gap.
+        if key != history.dropped and kept[bisect.bisect_left(kept, key) :][:1] != [key]:
+            return Resume([], gap=True)
+        return Resume([frame for _at, frame in history.frames if frame.key > key], gap=False)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
-        subscription = Subscription(channel)
+    async def subscribe(
+        self, channel: str, outbox: Outbox, since: str | None = None
+    ) -> AsyncIterator[tuple[Subscription, Resume]]:
+        history = self._histories.get(channel)
+        if history is not None:
+            history.prune(time.monotonic())
+        live_from = history.last if history is not None else (0, 0)
+        resume = Resume([], gap=False)
+        if since is not None:
+            resume = self._resume(history, since)
+            if resume.replay:
+                live_from = resume.replay[-1].key
+        # Nothing can be published between the lines above and this one (no await).
+        subscription = Subscription(channel, outbox, live_from)
         self._fanout.add(subscription)
         try:
-            yield subscription
+            yield subscription, resume
         finally:
             self._fanout.remove(subscription)
+            if history is not None and not history.frames and channel not in self._fanout.channels:
+                self._histories.pop(channel, None)
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisBroker:
-    """One pub/sub connection per process, fanned out to local subscribers.
-
-    The reader and the (un)subscribe commands take turns on that connection under a
-    lock; the reader holds it for one short read at a time, so a subscription waits at
-    most that long.
-    """
+    """A stream per channel (`XADD` with `MAXLEN ~ HISTORY_FRAMES`, expiring
+    `HISTORY_SECONDS` after its last frame), and one reader per process: `XREAD` over
+    every channel it has subscribers for, from the last id it read of each, fanned out
+    to the local subscriptions."""
 
     def __init__(self, redis: Redis, prefix: str) -> None:
-        self._redis = redis
-        self._prefix = prefix + "broker:"
+        # Any: redis-py types its stream commands' answers as unions of every shape.
+        self._redis: Any = redis
+        self._prefix = prefix + "rt:"
         self._fanout = _LocalFanout()
-        self._pubsub: PubSub | None = None
+        # Where the reader is in each channel it reads.
+        self._positions: dict[str, str] = {}
+        self._wake = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
-        self._turn = asyncio.Lock()
+
+    def _key(self, channel: str) -> str:
+        return self._prefix + channel
 
     async def start(self) -> None:
-        # The reader connects in the background: a Redis that is down at start-up makes
-        # the process unready (see /ready), not unable to start.
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._reader = asyncio.create_task(self._read(), name="keel-broker-reader")
 
     async def close(self) -> None:
         self._closing = True
+        self._wake.set()
         if self._reader is not None:
             self._reader.cancel()
-            # redis-py can swallow a cancellation that lands mid-read; the loop then ends
-            # at its next turn (at most one read timeout), so wait only that long.
-            done, _ = await asyncio.wait({self._reader}, timeout=READ_TIMEOUT_SECONDS + 1)
+            done, _ = await asyncio.wait({self._reader}, timeout=READ_BLOCK_MS / 1000 + 1)
             if not done:
                 log.warning("broker_reader_still_running_at_close")
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def publish(self, channel: str, message: bytes) -> None:
-        await self._redis.publish(self._prefix + channel, message)
+    async def publish(self, channel: str, payload: bytes) -> str:
+        key = self._key(channel)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, {"p": payload}, maxlen=HISTORY_FRAMES, approximate=True)
+                pipe.expire(key, HISTORY_SECONDS)
+                seq, _expiring = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        return _text(seq)
+
+    async def _latest(self, channel: str) -> str:
+        entries = await self._redis.xrevrange(self._key(channel), count=1)
+        return _text(entries[0][0]) if entries else "0-0"
+
+    async def _resume(self, channel: str, since: str) -> tuple[Resume, str]:
+        """What to replay after `since`, and the last id it reaches."""
+        since_key = parse_seq(since)
+        try:
+            info = await self._redis.xinfo_stream(self._key(channel))
+        except ResponseError:  # no such stream: nothing kept, whatever there was
+            return Resume([], gap=True), await self._latest(channel)
+        last = _text(info.get("last-generated-id", "0-0"))
+        dropped = _text(info.get("max-deleted-entry-id", "0-0"))
+        # A seq this channel gave and still knows: a kept entry's, or the last deleted
+        # one's (everything after it is kept). Anything else is a gap.
+        known = since == dropped or (
+            since_key is not None
+            and bool(await self._redis.xrange(self._key(channel), min=since, max=since))
+        )
+        if not known:
+            return Resume([], gap=True), last
+        replay: list[Frame] = []
+        start = f"({since}"
+        while True:
+            entries = await self._redis.xrange(
+                self._key(channel), min=start, max="+", count=READ_BATCH
+            )
+            replay.extend(self._frame(channel, entry) for entry in entries)
+            if len(entries) < READ_BATCH:
+                break
+            start = f"({_text(entries[-1][0])}"
+        return Resume(replay, gap=False), replay[-1].seq if replay else since
+
+    def _frame(self, channel: str, entry: Any) -> Frame:
+        entry_id, fields = entry
+        seq = _text(entry_id)
+        payload = fields.get(b"p", fields.get("p", b"{}"))
+        if isinstance(payload, str):
+            payload = payload.encode()
+        return Frame(channel, seq, parse_seq(seq) or (0, 0), payload)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
-        if self._pubsub is None:
-            raise RuntimeError("RedisBroker.subscribe before start()")
-        subscription = Subscription(channel)
-        if self._fanout.add(subscription):
-            async with self._turn:
-                await self._pubsub.subscribe(self._prefix + channel)
+    async def subscribe(
+        self, channel: str, outbox: Outbox, since: str | None = None
+    ) -> AsyncIterator[tuple[Subscription, Resume]]:
         try:
-            yield subscription
+            if since is None:
+                resume, start = Resume([], gap=False), await self._latest(channel)
+            else:
+                resume, start = await self._resume(channel, since)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        subscription = Subscription(channel, outbox, parse_seq(start) or (0, 0))
+        if self._fanout.add(subscription) and channel not in self._positions:
+            self._positions[channel] = start
+            self._wake.set()
+        elif (parse_seq(self._positions.get(channel, "0-0")) or (0, 0)) > subscription.last:
+            # The reader is past where this subscriber starts (it read frames published
+            # before the subscriber came): those come from a replay of that span.
+            await self._catch_up(subscription)
+        try:
+            yield subscription, resume
         finally:
             if self._fanout.remove(subscription):
-                async with self._turn:
-                    await self._pubsub.unsubscribe(self._prefix + channel)
+                self._positions.pop(channel, None)
+
+    async def _catch_up(self, subscription: Subscription) -> None:
+        position = self._positions.get(subscription.channel, "0-0")
+        entries = await self._redis.xrange(
+            self._key(subscription.channel),
+            min=f"({format_seq(subscription.last)}",
+            max=position,
+        )
+        for entry in entries:
+            subscription.deliver(self._frame(subscription.channel, entry))
 
     async def _read(self) -> None:
-        if self._pubsub is None:
-            raise RuntimeError("RedisBroker read loop before start()")
-        prefix_length = len(self._prefix)
-        listening = False
         while not self._closing:
+            if not self._positions:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            streams = {
+                self._key(channel): position for channel, position in self._positions.items()
+            }
             try:
-                async with self._turn:
-                    if not listening:
-                        # A channel nobody publishes to keeps the connection listening.
-                        await self._pubsub.subscribe(self._prefix + "__keepalive__")
-                        listening = True
-                    message = await self._pubsub.get_message(timeout=READ_TIMEOUT_SECONDS)
+                answer = await self._redis.xread(streams, count=READ_BATCH, block=READ_BLOCK_MS)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep reading whatever happens, and say why
                 log.warning("broker_read_failed", error=repr(exc))
                 await asyncio.sleep(RECONNECT_DELAY_SECONDS)
                 continue
-            if message is None or message.get("type") != "message":
-                continue
-            channel = message["channel"]
-            if isinstance(channel, bytes):
-                channel = channel.decode()
-            self._fanout.deliver(channel[prefix_length:], message["data"])
+            prefix_length = len(self._prefix)
+            for stream, entries in answer or ():
+                channel = _text(stream)[prefix_length:]
+                if channel not in self._positions:
+                    continue  # unsubscribed meanwhile
+                for entry in entries:
+                    frame = self._frame(channel, entry)
+                    self._positions[channel] = frame.seq
+                    self._fanout.deliver(frame)
