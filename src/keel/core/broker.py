@@ -372,6 +372,10 @@ class RedisBroker:
             raise BrokerUnavailable(str(exc)) from exc
         return _text(seq)
 
+    async def trim_exactly(self, channel: str, frames: int) -> None:
+        """Keep only the newest `frames` (tests: MAXLEN ~ trims in whole nodes)."""
+        await self._redis.xtrim(self._key(channel), maxlen=frames, approximate=False)
+
     async def _latest(self, channel: str) -> str:
         entries = await self._redis.xrevrange(self._key(channel), count=1)
         return _text(entries[0][0]) if entries else "0-0"
