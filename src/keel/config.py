@@ -163,6 +163,21 @@ class StorageSettings(BaseModel):
     sweep_grace_seconds: int = Field(default=3600, ge=0)
 
 
+class RealtimeSettings(BaseModel):
+    # Seconds a new connection has to authenticate (API.md: 10).
+    auth_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Messages each connection may publish: a burst of this many, refilled at this rate.
+    publish_burst: int = Field(default=20, ge=1)
+    publish_per_second: float = Field(default=10.0, gt=0)
+    # Frames waiting to be sent to one connection; past it the client is too slow (1013).
+    outbox_frames: int = Field(default=1024, ge=16)
+    # How often ended sessions and expired credentials are looked for (4401).
+    check_interval_seconds: float = Field(default=2.0, gt=0)
+    # Protocol-level pings from the server (a dead peer is dropped after the timeout).
+    ping_interval_seconds: float = Field(default=20.0, gt=0)
+    ping_timeout_seconds: float = Field(default=20.0, gt=0)
+
+
 class FirstAdminSettings(BaseModel):
     # When both are set and no admin exists, one is created at start.
     email: str | None = None
@@ -200,6 +215,7 @@ class Settings(BaseSettings):
     mail: MailSettings = Field(default_factory=MailSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     # The largest upload, counting the file's bytes (API.md: KEEL_MAX_UPLOAD_BYTES).
     max_upload_bytes: int = Field(default=25 * MiB, ge=1)
     # Signs cursors and other server-made values. None: generated into the data folder.

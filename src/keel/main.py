@@ -36,6 +36,7 @@ from keel.files.router import router as files_router
 from keel.health.router import router as health_router
 from keel.items.router import router as items_router
 from keel.jobs import JOBS, PERIODIC
+from keel.realtime.router import router as realtime_router
 from keel.resources import open_resources
 from keel.users.router import router as users_router
 
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api_keys_router,
         items_router,
         files_router,
+        realtime_router,
     ):
         mount(app, router)
 

@@ -40,6 +40,7 @@ from keel.core.security.passwords import PasswordHasher
 from keel.core.security.secret import load_secret
 from keel.core.security.signed_links import LinkSigner
 from keel.core.storage import Storage, create_storage
+from keel.realtime.hub import RealtimeHub
 
 log = structlog.get_logger("keel.resources")
 
@@ -67,6 +68,7 @@ class Resources:
     authenticator: Authenticator
     storage: Storage
     links: LinkSigner
+    realtime: RealtimeHub
 
     def install(self, app: FastAPI) -> None:
         """Name each resource on the app's state for the typed dependencies."""
@@ -88,6 +90,7 @@ class Resources:
             "authenticator",
             "storage",
             "links",
+            "realtime",
         ):
             setattr(app.state, name, getattr(self, name))
 
@@ -156,6 +159,11 @@ async def open_resources(
         )
         access_tokens = AccessTokens(keys, settings)
         secret = load_secret(settings)
+        authenticator = Authenticator(access_tokens, revocations, settings.auth.api_key_prefix)
+        realtime = RealtimeHub(settings, broker, authenticator, revocations, database, metrics)
+        await realtime.start()
+        # Pushed after the broker: connections are closed (1001) before it goes.
+        stack.push_async_callback(realtime.close)
         passwords = PasswordHasher(settings.auth)
         stack.callback(passwords.close)
         yield Resources(
@@ -181,7 +189,8 @@ async def open_resources(
                 timedelta(days=settings.auth.refresh_token_ttl_days),
                 revocations,
             ),
-            authenticator=Authenticator(access_tokens, revocations, settings.auth.api_key_prefix),
+            authenticator=authenticator,
+            realtime=realtime,
         )
     log.info("resources_closed")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -43,6 +43,8 @@ class Principal:
     # Set for access tokens (the session they belong to), None for API keys.
     session_id: uuid.UUID | None = None
     api_key_id: uuid.UUID | None = None
+    # When the credential stops being valid (access tokens; None for API keys).
+    expires_at: datetime | None = None
 
     @property
     def via_api_key(self) -> bool:
@@ -70,7 +72,10 @@ class Authenticator:
         if await self.revocations.is_revoked(claims.session_id):
             raise _unauthorized("Session has ended", credential_sent=True)
         return Principal(
-            user_id=claims.user_id, role=Role(claims.role), session_id=claims.session_id
+            user_id=claims.user_id,
+            role=Role(claims.role),
+            session_id=claims.session_id,
+            expires_at=claims.expires_at,
         )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import timedelta
 
 import structlog
@@ -83,6 +83,10 @@ class InProcessRevocations:
         expires = self._ended.get(session_id)
         return expires is not None and expires > time.monotonic()
 
+    async def revoked_among(self, session_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of `session_ids` have ended (a realtime hub's periodic check)."""
+        return {sid for sid in session_ids if await self.is_revoked(sid)}
+
     def _forget_expired(self) -> None:
         if len(self._ended) < 10_000:
             return
@@ -126,6 +130,19 @@ class RedisRevocations:
             for sid in session_ids:
                 pipe.set(self._key(sid), 1, ex=self._ttl)
             await pipe.execute()
+
+    async def revoked_among(self, session_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of `session_ids` have ended, in one round trip (a realtime hub's
+        periodic check); none while Redis cannot be asked (the next check will)."""
+        ordered = list(session_ids)
+        if not ordered:
+            return set()
+        try:
+            found = await self._redis.mget([self._key(sid) for sid in ordered])
+        except RedisError as exc:
+            log.warning("revocation_sweep_skipped", error=repr(exc))
+            return set()
+        return {sid for sid, value in zip(ordered, found, strict=True) if value is not None}
 
     async def is_revoked(self, session_id: uuid.UUID) -> bool:
         try:

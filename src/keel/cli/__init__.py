@@ -86,6 +86,8 @@ def serve(
     import uvicorn
 
     from keel.core.logging import configure_logging
+    from keel.core.websocket_protocol import GoingAwayWebSocketProtocol
+    from keel.realtime.frames import MAX_FRAME_BYTES
 
     settings = load_settings()
     worker_count = workers or settings.server.workers
@@ -119,6 +121,12 @@ def serve(
             access_log=False,
             log_config=None,
             server_header=False,
+            # Realtime: API.md's frame limit (1009 past it), pings from the server, and
+            # 1001 to every connection on shutdown.
+            ws=GoingAwayWebSocketProtocol,
+            ws_max_size=MAX_FRAME_BYTES,
+            ws_ping_interval=settings.realtime.ping_interval_seconds,
+            ws_ping_timeout=settings.realtime.ping_timeout_seconds,
         )
     finally:
         if created_metrics_dir:

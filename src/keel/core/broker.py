@@ -25,7 +25,7 @@ import bisect
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -77,7 +77,7 @@ class Frame:
     payload: bytes
     # Shared by every local subscriber: parsed and rendered once, not once each.
     _data: dict[str, Any] | None = field(default=None, repr=False)
-    _rendered: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _rendered: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -85,13 +85,14 @@ class Frame:
             self._data = orjson.loads(self.payload)
         return self._data
 
-    def render(self, kind: str) -> bytes:
-        """The frame as sent to clients: `{"type": kind, "channel", "seq", **payload}`."""
+    def render(self, kind: str) -> str:
+        """The frame as sent to clients (a text frame): `{"type": kind, "channel",
+        "seq", **payload}`."""
         rendered = self._rendered.get(kind)
         if rendered is None:
             rendered = orjson.dumps(
                 {"type": kind, "channel": self.channel, "seq": self.seq, **self.data}
-            )
+            ).decode()
             self._rendered[kind] = rendered
         return rendered
 
@@ -105,8 +106,11 @@ class Outbox:
     leaving half the queue for live frames meanwhile.
     """
 
-    def __init__(self, capacity: int = OUTBOX_FRAMES) -> None:
+    def __init__(
+        self, capacity: int = OUTBOX_FRAMES, on_overflow: Callable[[], None] | None = None
+    ) -> None:
         self.capacity = capacity
+        self._on_overflow = on_overflow
         self._items: deque[Any] = deque()
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
@@ -126,10 +130,14 @@ class Outbox:
         self._readable.set()
 
     def overflow(self) -> None:
+        if self.overflowed:
+            return
         self.overflowed = True
         self._items.clear()  # the memory goes now, not when the consumer leaves
         self._readable.set()
         self._room.set()
+        if self._on_overflow is not None:
+            self._on_overflow()
 
     async def put(self, item: Any) -> None:
         while len(self._items) >= self.capacity // 2 and not self.overflowed:

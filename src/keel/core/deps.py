@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from keel.config import Settings
 from keel.core.broker import Broker as BrokerBackend
@@ -25,12 +26,12 @@ from keel.core.security.signed_links import LinkSigner
 from keel.core.storage import Storage as StorageBackend
 
 
-def app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+def app_state(name: str) -> Callable[[HTTPConnection], Awaitable[Any]]:
     """A dependency returning the app's resource `name` (async: a plain function would
     be run in a thread on every request)."""
 
-    async def provide(request: Request) -> Any:
-        return getattr(request.app.state, name)
+    async def provide(connection: HTTPConnection) -> Any:
+        return getattr(connection.app.state, name)
 
     provide.__name__ = f"provide_{name}"
     return provide

@@ -83,6 +83,28 @@ class Metrics:
             ["job", "outcome"],
             registry=registry,
         )
+        self.ws_frames = Counter(
+            "keel_ws_frames_total",
+            "WebSocket frames received from clients (in) and sent to them (out).",
+            ["direction"],
+            registry=registry,
+        )
+        self.ws_closes = Counter(
+            "keel_ws_closes_total",
+            "WebSocket connections closed by the server, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.ws_replayed = Counter(
+            "keel_ws_replayed_frames_total",
+            "Frames sent again to clients that resumed with `since`.",
+            registry=registry,
+        )
+        self.ws_gaps = Counter(
+            "keel_ws_gaps_total",
+            "Resumes whose `since` was older than what is kept (answered with `gap`).",
+            registry=registry,
+        )
         self.file_bytes_uploaded = Counter(
             "keel_file_bytes_uploaded_total",
             "Bytes of files stored by uploads that succeeded.",

@@ -26,7 +26,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.params import Form
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from keel.core.conditional import etag_value, none_match
 from keel.core.db import run_statements_alone, unit_of
@@ -190,8 +190,16 @@ def mount(app: FastAPI, router: APIRouter) -> None:
     sixth of an authenticated read. The routes keep every setting they were declared
     with (their paths already carry the router's prefix)."""
     for route in router.routes:
+        if isinstance(route, APIWebSocketRoute):
+            app.router.add_api_websocket_route(
+                route.path,
+                route.endpoint,
+                name=route.name,
+                dependencies=list(route.dependencies or []),
+            )
+            continue
         if not isinstance(route, APIRoute):
-            raise TypeError(f"only API routes can be mounted, not {route!r}")
+            raise TypeError(f"only API and WebSocket routes can be mounted, not {route!r}")
         app.router.add_api_route(
             route.path,
             route.endpoint,
