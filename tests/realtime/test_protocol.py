@@ -78,7 +78,7 @@ async def test_a_bad_header_or_a_foreign_origin_is_403(live: Live) -> None:
         async with connect(live.ws_url, origin="https://evil.example"):  # type: ignore[arg-type]
             pass
     assert foreign.value.response.status_code == 403
-    async with connected(live.ws_url, token, origin="https://app.example") as ws:  # type: ignore[arg-type]
+    async with connected(live.ws_url, token, origin="https://app.example") as ws:
         await send(ws, {"type": "ping"})
         assert await receive(ws) == {"type": "pong"}
 
