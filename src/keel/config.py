@@ -169,6 +169,10 @@ class RealtimeSettings(BaseModel):
     # Messages each connection may publish: a burst of this many, refilled at this rate.
     publish_burst: int = Field(default=20, ge=1)
     publish_per_second: float = Field(default=10.0, gt=0)
+    # What each channel keeps for clients resuming with `since` (API.md: at least 5
+    # minutes, up to 10,000 frames); older is a `gap`.
+    history_seconds: int = Field(default=300, ge=300)
+    history_frames: int = Field(default=10_000, ge=1, le=100_000)
     # Frames waiting to be sent to one connection; past it the client is too slow (1013).
     outbox_frames: int = Field(default=1024, ge=16)
     # How often ended sessions and expired credentials are looked for (4401).

@@ -24,7 +24,7 @@ from keel.auth.deps import Authenticator
 from keel.auth.revocation import InProcessRevocations, RedisRevocations, SessionRevocations
 from keel.auth.sessions import Issuer
 from keel.config import Settings
-from keel.core.broker import Broker, InProcessBroker, RedisBroker
+from keel.core.broker import Broker, History, InProcessBroker, RedisBroker
 from keel.core.client_ip import ClientIpResolver
 from keel.core.db import Database, create_engine, create_sessionmaker
 from keel.core.jobs import Job, JobContext, JobOutcomes, JobQueue, Periodic
@@ -121,12 +121,13 @@ async def open_resources(
 
         redis: Redis | None = None
         broker: Broker
+        history = History(settings.realtime.history_seconds, settings.realtime.history_frames)
         if settings.redis.url:
             redis = create_redis(settings.redis.url)
             stack.push_async_callback(redis.aclose)
-            broker = RedisBroker(redis, settings.redis.key_prefix)
+            broker = RedisBroker(redis, settings.redis.key_prefix, history)
         else:
-            broker = InProcessBroker()
+            broker = InProcessBroker(history)
         await broker.start()
         stack.push_async_callback(broker.close)
 

@@ -11,10 +11,10 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from keel.core import broker as broker_module
 from keel.core.broker import (
     Broker,
     Frame,
+    History,
     InProcessBroker,
     Outbox,
     OutboxOverflow,
@@ -31,7 +31,7 @@ async def pair(
 ) -> AsyncIterator[tuple[Broker, Broker]]:
     """(publisher, subscriber): one in-process broker twice, or two Redis brokers."""
     if request.param == "in-process":
-        single = InProcessBroker()
+        single = InProcessBroker(History(frames=5))
         await single.start()
         yield single, single
         await single.close()
@@ -40,7 +40,10 @@ async def pair(
         pytest.skip("needs Redis: set KEEL_TEST_REDIS_URL")
     clients = [Redis.from_url(redis_url), Redis.from_url(redis_url)]
     prefix = f"{redis_prefix}{request.node.name}:"
-    brokers = (RedisBroker(clients[0], prefix), RedisBroker(clients[1], prefix))
+    brokers = (
+        RedisBroker(clients[0], prefix, History(frames=5)),
+        RedisBroker(clients[1], prefix, History(frames=5)),
+    )
     for each in brokers:
         await each.start()
     yield brokers
@@ -112,9 +115,7 @@ async def test_since_the_newest_seq_replays_nothing(pair: tuple[Broker, Broker])
 
 
 @pytest.mark.parametrize("since", ["not-a-seq", "99999999999999-0", "0-1"])
-async def test_an_unknown_or_lost_since_is_a_gap(
-    pair: tuple[Broker, Broker], since: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_unknown_or_lost_since_is_a_gap(pair: tuple[Broker, Broker], since: str) -> None:
     publisher, subscriber = pair
     for n in range(3):
         await publisher.publish("room:g", _payload(n))
@@ -123,11 +124,8 @@ async def test_an_unknown_or_lost_since_is_a_gap(
         assert resume.replay == []
 
 
-async def test_a_since_older_than_what_is_kept_is_a_gap(
-    pair: tuple[Broker, Broker], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_since_older_than_what_is_kept_is_a_gap(pair: tuple[Broker, Broker]) -> None:
     publisher, subscriber = pair
-    monkeypatch.setattr(broker_module, "HISTORY_FRAMES", 5)
     first = await publisher.publish("room:old", _payload(0))
     for n in range(1, 20):
         await publisher.publish("room:old", _payload(n))

@@ -240,3 +240,18 @@ def work(workdir: Path, env: dict[str, str], *args: str) -> Iterator[Server]:
         stop(process)
         # Shown by pytest with the test's output when the test fails.
         print(worker.output())  # noqa: T201
+
+
+def ws_connections_by_worker(metrics_dir: Path, scratch: Path) -> dict[int, float]:
+    """keel_ws_connections in each worker's own gauge file: which worker holds how many
+    open WebSocket connections."""
+    counts: dict[int, float] = {}
+    for path in sorted(metrics_dir.glob("gauge_livesum_*.db")):
+        pid = int(path.stem.removeprefix("gauge_livesum_"))
+        single = scratch / f"ws-{pid}"
+        single.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, single / path.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(single))  # type: ignore[no-untyped-call]
+        counts[pid] = registry.get_sample_value("keel_ws_connections") or 0.0
+    return counts

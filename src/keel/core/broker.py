@@ -2,7 +2,7 @@
 
 Two backends behind one interface: in-process (the embedded default, one worker) and
 Redis (any number of workers and hosts). Both keep each channel's recent frames (at
-least `HISTORY_SECONDS`, at most about `HISTORY_FRAMES`), so a subscriber that comes
+least `History.seconds`, at most about `History.frames`), so a subscriber that comes
 back with the last `seq` it saw gets what it missed, in order, none twice; or, when
 that is no longer kept, a `gap`.
 
@@ -36,8 +36,16 @@ from redis.exceptions import RedisError, ResponseError
 
 log = structlog.get_logger("keel.broker")
 
-HISTORY_SECONDS = 300
-HISTORY_FRAMES = 10_000
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """How much of each channel is kept for resuming (API.md: at least 5 minutes, up to
+    10,000 frames)."""
+
+    seconds: int = 300
+    frames: int = 10_000
+
+
 OUTBOX_FRAMES = 1_024
 READ_BLOCK_MS = 100
 READ_BATCH = 500
@@ -259,16 +267,17 @@ class _History:
     # The newest seq no longer kept: a `since` before it has missed something.
     dropped: SeqKey = (0, 0)
 
-    def prune(self, now: float) -> None:
+    def prune(self, now: float, keep: History) -> None:
         while self.frames and (
-            len(self.frames) > HISTORY_FRAMES or self.frames[0][0] < now - HISTORY_SECONDS
+            len(self.frames) > keep.frames or self.frames[0][0] < now - keep.seconds
         ):
             _at, frame = self.frames.popleft()
             self.dropped = frame.key
 
 
 class InProcessBroker:
-    def __init__(self) -> None:
+    def __init__(self, history: History | None = None) -> None:
+        self._keep = history or History()
         self._fanout = _LocalFanout()
         self._histories: dict[str, _History] = {}
 
@@ -291,7 +300,7 @@ class InProcessBroker:
         frame = Frame(channel, format_seq(key), key, payload)
         now = time.monotonic()
         history.frames.append((now, frame))
-        history.prune(now)
+        history.prune(now, self._keep)
         self._fanout.deliver(frame)
         return frame.seq
 
@@ -312,7 +321,7 @@ class InProcessBroker:
     ) -> AsyncIterator[tuple[Subscription, Resume]]:
         history = self._histories.get(channel)
         if history is not None:
-            history.prune(time.monotonic())
+            history.prune(time.monotonic(), self._keep)
         live_from = history.last if history is not None else (0, 0)
         resume = Resume([], gap=False)
         if since is not None:
@@ -338,12 +347,13 @@ def _text(value: Any) -> str:
 
 
 class RedisBroker:
-    """A stream per channel (`XADD` with `MAXLEN ~ HISTORY_FRAMES`, expiring
-    `HISTORY_SECONDS` after its last frame), and one reader per process: `XREAD` over
+    """A stream per channel (`XADD` with `MAXLEN ~ frames`, expiring `seconds` after its
+    last frame), and one reader per process: `XREAD` over
     every channel it has subscribers for, from the last id it read of each, fanned out
     to the local subscriptions."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, history: History | None = None) -> None:
+        self._keep = history or History()
         # Any: redis-py types its stream commands' answers as unions of every shape.
         self._redis: Any = redis
         self._prefix = prefix + "rt:"
@@ -373,8 +383,8 @@ class RedisBroker:
         key = self._key(channel)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, {"p": payload}, maxlen=HISTORY_FRAMES, approximate=True)
-                pipe.expire(key, HISTORY_SECONDS)
+                pipe.xadd(key, {"p": payload}, maxlen=self._keep.frames, approximate=True)
+                pipe.expire(key, self._keep.seconds)
                 seq, _expiring = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(str(exc)) from exc
