@@ -87,6 +87,10 @@ class Frame:
     _data: dict[str, Any] | None = field(default=None, repr=False)
     _rendered: dict[str, str] = field(default_factory=dict, repr=False)
 
+    def bare(self) -> Frame:
+        """This frame without its parsed and rendered forms."""
+        return Frame(self.channel, self.seq, self.key, self.payload)
+
     @property
     def data(self) -> dict[str, Any]:
         if self._data is None:
@@ -140,18 +144,26 @@ class Outbox:
     def overflow(self) -> None:
         if self.overflowed:
             return
-        self.overflowed = True
-        self._items.clear()  # the memory goes now, not when the consumer leaves
-        self._readable.set()
-        self._room.set()
+        self.discard()
         if self._on_overflow is not None:
             self._on_overflow()
 
+    def discard(self) -> None:
+        """Drop everything waiting and take nothing more (the consumer is gone)."""
+        self.overflowed = True
+        self._items.clear()  # the memory goes now, not when the consumer's task ends
+        self._readable.set()
+        self._room.set()
+
     async def put(self, item: Any) -> None:
+        await self.wait_for_room()
+        self.put_nowait(item)
+
+    async def wait_for_room(self) -> None:
+        """Until the queue is at most half full (or has overflowed)."""
         while len(self._items) >= self.capacity // 2 and not self.overflowed:
             self._room.clear()
             await self._room.wait()
-        self.put_nowait(item)
 
     async def get(self) -> Any:
         while not self._items:
@@ -299,7 +311,9 @@ class InProcessBroker:
         history.last = key
         frame = Frame(channel, format_seq(key), key, payload)
         now = time.monotonic()
-        history.frames.append((now, frame))
+        # The history keeps a copy without the parsed and rendered forms that delivery
+        # fills in: up to `frames` per channel, each at the size it was published.
+        history.frames.append((now, frame.bare()))
         history.prune(now, self._keep)
         self._fanout.deliver(frame)
         return frame.seq
@@ -313,7 +327,8 @@ class InProcessBroker:
         # one's (everything after it is kept). Anything else is a gap.
         if key != history.dropped and kept[bisect.bisect_left(kept, key) :][:1] != [key]:
             return Resume([], gap=True)
-        return Resume([frame for _at, frame in history.frames if frame.key > key], gap=False)
+        replay = [frame.bare() for _at, frame in history.frames if frame.key > key]
+        return Resume(replay, gap=False)
 
     @contextlib.asynccontextmanager
     async def subscribe(

@@ -110,7 +110,7 @@ class Connection:
                 with contextlib.suppress(Exception):
                     await stack.aclose()
             self.channels.clear()
-            self.outbox.overflow()  # drops whatever still waits: the memory goes now
+            self.outbox.discard()  # whatever still waits: the memory goes now
             if self.close_code is not None:
                 with contextlib.suppress(Exception):
                     await self.websocket.close(self.close_code, self.close_reason)
@@ -252,6 +252,9 @@ class Connection:
         if not self.publishing.take():
             self.send(frames.error("RATE_LIMITED", "Too many messages; slow down"))
             return
+        # A publisher gets its own messages back: it waits while its outbox is half
+        # full, so a fast publisher is slowed to what it reads, not closed as too slow.
+        await self.outbox.wait_for_room()
         payload = orjson.dumps(
             {
                 "id": str(uuid7()),
