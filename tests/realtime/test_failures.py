@@ -227,15 +227,17 @@ async def test_a_client_that_stops_reading_is_closed_1013_and_its_memory_release
             reader = asyncio.create_task(drain_own_copies())
             # The same flood without the stuck client first: the server's memory for this
             # traffic (the allocator's working set), which the measured flood adds to.
-            baseline = await flood(2500)
+            baseline = await flood(3500)
             stuck = await asyncio.to_thread(_stuck_client, live.server.port, slow, "room:flood")
-            peak = await flood(2500)  # 37 MB at a client that reads none of it
+            peak = await flood(3500)  # 52 MB at a client that reads none of it
             reader.cancel()
         assert await asyncio.to_thread(_close_code_of_stuck, stuck) == 1013
         growth_mb = (peak - baseline) / 1024
         # What the stuck client costs is bounded by its outbox (64 frames of 15 kB here)
-        # and one socket's buffers, not by the 37 MB it did not read.
-        assert growth_mb < 16, growth_mb
+        # and one socket's buffers, not by the 52 MB it did not read: held, that backlog
+        # would show whole. Less than half of it leaves room for the allocator's noise
+        # (up to 18 MB seen between two equal floods).
+        assert growth_mb < 26, growth_mb
         metrics = (await live.admin.get("/metrics")).text
         # Only the client that stopped reading: the publisher, reading its own copies
         # back, was slowed down to its pace, not closed.
