@@ -294,3 +294,21 @@ async def test_realtime_shows_in_metrics(migrated_database: str, tmp_path: Path)
             assert await _close_code(bad) == 4401
         metrics = (await live.admin.get("/metrics")).text
         assert 'keel_ws_closes_total{reason="bad_credentials"} 1.0' in metrics
+
+
+async def test_the_server_pings_and_drops_a_peer_that_never_answers(
+    migrated_database: str, tmp_path: Path
+) -> None:
+    async with running(
+        tmp_path,
+        migrated_database,
+        KEEL_REALTIME_PING_INTERVAL_SECONDS="1",
+        KEEL_REALTIME_PING_TIMEOUT_SECONDS="1",
+    ) as live:
+        _user_id, access = await live.user()
+        # The `websockets` client answers pings by itself: this one answers none.
+        silent = await asyncio.to_thread(_stuck_client, live.server.port, access, "room:quiet")
+        started = time.monotonic()
+        code = await asyncio.to_thread(_close_code_of_stuck, silent)
+        assert code == 1011  # "keepalive ping timeout"
+        assert time.monotonic() - started < 8
