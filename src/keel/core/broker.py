@@ -468,7 +468,12 @@ class RedisBroker:
         elif (parse_seq(self._positions.get(channel, "0-0")) or (0, 0)) > subscription.last:
             # The reader is past where this subscriber starts (it read frames published
             # before the subscriber came): those come from a replay of that span.
-            await self._catch_up(subscription)
+            try:
+                await self._catch_up(subscription)
+            except (RedisError, OSError) as exc:
+                if self._fanout.remove(subscription):
+                    self._positions.pop(channel, None)
+                raise BrokerUnavailable(str(exc)) from exc
         try:
             yield subscription, resume
         finally:
