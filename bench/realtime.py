@@ -78,7 +78,8 @@ Run from the repository root with Keel's `.venv` (`bash bench/realtime.sh` makes
 Environment (defaults): PHASES="idle latency", IDLE_CONNECTIONS=5000, IDLE_ROOMS=50,
 IDLE_SECONDS=10, IDLE_COMPRESSION="deflate none", IDLE_OPEN_CONCURRENCY=100, AUTH=frame,
 SUBSCRIBERS=1000, MESSAGES=50, INTERVAL=0.2, RECEIVERS=4, CLIENTS="lean websockets",
-OPEN_CONCURRENCY=50 (per client process), WORKERS=2, PYSPY=0,
+OPEN_CONCURRENCY=50 (per client process), COMPRESSION=deflate (the receivers offer
+permessage-deflate; `none`: they do not, so the server does not compress), WORKERS=2, PYSPY=0,
 BENCH_REDIS_URL=redis://127.0.0.1:6379/0, BENCH_PG_SERVER (keel_bench.py).
 
 Markdown on stdout, progress on stderr; exit status 1 when a target is missed. Raw figures
@@ -172,6 +173,7 @@ class Config:
     idle_compression: tuple[str, ...]
     idle_open_concurrency: int
     open_concurrency: int
+    compression: str
     auth: str
     subscribers: int
     messages: int
@@ -193,6 +195,7 @@ class Config:
             idle_compression=tuple(get("IDLE_COMPRESSION", "deflate none").split()),
             idle_open_concurrency=int(get("IDLE_OPEN_CONCURRENCY", "100")),
             open_concurrency=int(get("OPEN_CONCURRENCY", "50")),
+            compression=get("COMPRESSION", "deflate"),
             auth=get("AUTH", "frame"),
             subscribers=int(get("SUBSCRIBERS", "1000")),
             messages=int(get("MESSAGES", "50")),
@@ -211,6 +214,8 @@ class Config:
             )
         if not config.clients or set(config.clients) - {"lean", "websockets"}:
             raise SystemExit(f"CLIENTS takes lean and/or websockets, not {config.clients}")
+        if config.compression not in {"deflate", "none"}:
+            raise SystemExit(f"COMPRESSION is deflate or none, not {config.compression!r}")
         if config.auth not in {"frame", "header"}:
             raise SystemExit(f"AUTH is frame or header, not {config.auth!r}")
         if min(config.idle_connections, config.subscribers, config.messages, config.receivers) < 1:
@@ -578,6 +583,7 @@ class ReceiverResult:
     closed: int = 0
     complete: int = 0
     cpu_seconds: float = 0.0
+    system_seconds: float = 0.0
     wall_seconds: float = 0.0
 
 
@@ -625,8 +631,8 @@ class LeanSocket(asyncio.Protocol):
     queue or future per frame: a few microseconds per frame, so that the client costs
     the 2 shared cores as little as possible."""
 
-    def __init__(self, host: str, path: str) -> None:
-        self.host, self.path = host, path
+    def __init__(self, host: str, path: str, *, deflate: bool) -> None:
+        self.host, self.path, self.deflate = host, path, deflate
         self.key = base64.b64encode(os.urandom(16))
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -646,7 +652,12 @@ class LeanSocket(asyncio.Protocol):
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.key.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+            + (
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                if self.deflate
+                else ""
+            )
+            + "\r\n"
         )
         self.transport.write(request.encode())
 
@@ -752,14 +763,16 @@ class LeanSocket(asyncio.Protocol):
             self.transport.close()
 
 
-async def lean_open(url: str, token: str, room: str, opening: Opening) -> LeanSocket:
+async def lean_open(
+    url: str, token: str, room: str, opening: Opening, *, deflate: bool
+) -> LeanSocket:
     """A LeanSocket authenticated (auth frame, `ready`) and subscribed to `room`."""
     address = url.removeprefix("ws://")
     hostport, _, path = address.partition("/")
     host, _, port = hostport.partition(":")
     loop = asyncio.get_running_loop()
     _, socket = await loop.create_connection(
-        lambda: LeanSocket(hostport, "/" + path), host, int(port)
+        lambda: LeanSocket(hostport, "/" + path, deflate=deflate), host, int(port)
     )
     try:
         async with asyncio.timeout(FRAME_TIMEOUT):
@@ -773,26 +786,28 @@ async def lean_open(url: str, token: str, room: str, opening: Opening) -> LeanSo
     return socket
 
 
-async def _open_receivers(
-    client: str, url: str, token: str, room: str, count: int, concurrency: int, tally: Tally
-) -> tuple[list[Any], Opening]:
-    """`count` subscribers, `concurrency` at a time, each feeding `tally`; websockets ones get a
-    reading task each."""
-    gate = asyncio.Semaphore(concurrency)
+async def _open_receivers(job: ReceiverJob, tally: Tally) -> tuple[list[Any], Opening]:
+    """The job's subscribers, `concurrency` at a time, each feeding `tally`; websockets
+    ones get a reading task each."""
+    gate = asyncio.Semaphore(job.concurrency)
     opening = Opening()
 
     async def one(who: int) -> Any:
         async with gate:
-            if client == "lean":
-                socket = await lean_open(url, token, room, opening)
+            if job.client == "lean":
+                socket = await lean_open(
+                    job.url, job.token, job.room, opening, deflate=job.compression == "deflate"
+                )
                 socket.on_text = lambda now, raw: tally.take(who, now, raw)
                 return socket
-            ws = await open_one(url, token, room, opening, auth="frame", compression="deflate")
+            ws = await open_one(
+                job.url, job.token, job.room, opening, auth="frame", compression=job.compression
+            )
             reading.append(asyncio.create_task(_read(ws, who, tally)))
             return ws
 
     reading: list[asyncio.Task[None]] = []
-    results = await asyncio.gather(*(one(who) for who in range(count)), return_exceptions=True)
+    results = await asyncio.gather(*(one(who) for who in range(job.count)), return_exceptions=True)
     opened = [r for r in results if not isinstance(r, BaseException)]
     opening.errors = [repr(r) for r in results if isinstance(r, BaseException)]
     return [*opened, *reading], opening
@@ -817,14 +832,13 @@ class ReceiverJob:
     count: int
     messages: int
     concurrency: int
+    compression: str
 
 
 async def _receiver(job: ReceiverJob, pipe: Pipe) -> ReceiverResult:
     result = ReceiverResult(job.index, latencies_ns=[[] for _ in range(job.messages)])
     tally = Tally(result, job.messages)
-    things, opening = await _open_receivers(
-        job.client, job.url, job.token, job.room, job.count, job.concurrency, tally
-    )
+    things, opening = await _open_receivers(job, tally)
     result.open_errors, result.refused = opening.errors, opening.refused
     result.connections = job.count - len(opening.errors)
     tally.remaining = result.connections
@@ -832,10 +846,12 @@ async def _receiver(job: ReceiverJob, pipe: Pipe) -> ReceiverResult:
     pipe.send(("ready", result.connections, result.open_errors[:5]))
     await loop.run_in_executor(None, pipe.recv)  # "go"
     cpu, wall = own_cpu(), time.perf_counter()
+    system = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     await loop.run_in_executor(None, pipe.recv)  # "end": the last message was sent
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(tally.all_in.wait(), GRACE_SECONDS)
     result.cpu_seconds = own_cpu() - cpu
+    result.system_seconds = resource.getrusage(resource.RUSAGE_SELF).ru_stime - system
     result.wall_seconds = time.perf_counter() - wall
     tasks = [thing for thing in things if isinstance(thing, asyncio.Task)]
     for task in tasks:
@@ -869,7 +885,14 @@ class WorkerStats:
     pid: int
     connections: int = 0
     cpu_seconds: float = 0.0
+    system_seconds: float = 0.0  # of cpu_seconds, in the kernel (socket sends, epoll)
     rss_kib: int = 0
+
+
+def system_seconds(pid: int) -> float:
+    """Kernel-mode CPU seconds (stime) of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -880,6 +903,7 @@ class LatencyResult:
     interval: float
     workers: int
     receivers: int
+    compression: str = "deflate"
     processes: list[int] = field(default_factory=list)
     server_nofile: str = "?"
     open_seconds: float = 0.0
@@ -1171,7 +1195,15 @@ def _start_receivers(
             target=receiver_main,
             args=(
                 ReceiverJob(
-                    client, index, url, token, room, count, config.messages, config.open_concurrency
+                    client,
+                    index,
+                    url,
+                    token,
+                    room,
+                    count,
+                    config.messages,
+                    config.open_concurrency,
+                    config.compression,
                 ),
                 child,
             ),
@@ -1222,6 +1254,7 @@ def _measure_latency(
         + f"; /metrics keel_ws_connections {result.gauge}"
     )
     before = {pid: cpu_seconds(pid) for pid in workers}
+    before_system = {pid: system_seconds(pid) for pid in workers}
     with profiled(config.pyspy, workers, folder, result.client):
         start, end = asyncio.run(publish(config, url, token, room, pipes, result))
     result.window_seconds = end - start
@@ -1233,6 +1266,7 @@ def _measure_latency(
     for stats in result.worker_stats:
         # Read 2 s after the window's end; those 2 s are idle (no messages).
         stats.cpu_seconds = cpu_seconds(stats.pid) - before[stats.pid]
+        stats.system_seconds = system_seconds(stats.pid) - before_system[stats.pid]
         stats.rss_kib = rss_kib(stats.pid)
     for pipe in pipes:
         _, raw = _recv(pipe, GRACE_SECONDS + 120, "its result")
@@ -1250,6 +1284,7 @@ def run_latency(config: Config, client: str, folder: Path) -> LatencyResult:
         config.interval,
         config.workers,
         config.receivers,
+        config.compression,
     )
     children: list[multiprocessing.process.BaseProcess] = []
     with (
@@ -1409,7 +1444,12 @@ def report_latency(r: LatencyResult) -> list[str]:
     out(
         f"{r.messages} messages, one every {r.interval * 1000:.0f} ms (after "
         f"{WARMUP_MESSAGES} warm-up ones); latency = receive time - send time (ms), over every "
-        f"(message, subscriber) pair; receivers in {r.receivers} client processes."
+        f"(message, subscriber) pair; receivers in {r.receivers} client processes, "
+        + (
+            "offering permessage-deflate (as browsers do)."
+            if r.compression == "deflate"
+            else "without permessage-deflate."
+        )
     )
     out()
     out(f"Subscribed: {r.subscribed:,} of {r.subscribers:,}{refused}.")
@@ -1424,18 +1464,28 @@ def report_latency(r: LatencyResult) -> list[str]:
     out()
     _report_parts(r)
     _report_profiles(r)
-    out("| worker pid | connections | CPU s over the window | CPU % of a core | RSS (MiB) |")
-    out("| --- | --- | --- | --- | --- |")
+    out(
+        "| worker pid | connections | CPU s (of which kernel) | CPU % of a core "
+        "| CPU µs per delivery | RSS (MiB) |"
+    )
+    out("| --- | --- | --- | --- | --- | --- |")
     window = r.window_seconds + 2.0
     for w in r.worker_stats:
+        deliveries = max(w.connections * (r.messages + WARMUP_MESSAGES), 1)
         out(
-            f"| {w.pid} | {w.connections} | {w.cpu_seconds:.2f} "
-            f"| {100 * w.cpu_seconds / window:.0f} | {w.rss_kib / 1024:.0f} |"
+            f"| {w.pid} | {w.connections} | {w.cpu_seconds:.2f} ({w.system_seconds:.2f}) "
+            f"| {100 * w.cpu_seconds / window:.0f} | {1e6 * w.cpu_seconds / deliveries:.0f} "
+            f"| {w.rss_kib / 1024:.0f} |"
         )
     out()
     out(
+        "CPU over the publishing window: the warm-up messages, 1 s, the measured messages "
+        "and 2 s after; per delivery = CPU / (connections x all those messages)."
+    )
+    out()
+    out(
         "| client process | subscribers | subscribes refused | deliveries | p50 | p99 | max "
-        "| CPU s | CPU % of wall | other frames | incomplete |"
+        "| CPU s (of which kernel) | CPU % of wall | other frames | incomplete |"
     )
     out("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for rr in r.receivers_out:
@@ -1443,7 +1493,8 @@ def report_latency(r: LatencyResult) -> list[str]:
         out(
             f"| {rr.index} | {rr.connections} | {rr.refused} | {len(mine):,} | {_ms(mine, 0.5)} "
             f"| {_ms(mine, 0.99)} | {max(mine) if mine else float('nan'):.1f} "
-            f"| {rr.cpu_seconds:.2f} | {100 * rr.cpu_seconds / max(rr.wall_seconds, 1e-9):.0f} "
+            f"| {rr.cpu_seconds:.2f} ({rr.system_seconds:.2f}) "
+            f"| {100 * rr.cpu_seconds / max(rr.wall_seconds, 1e-9):.0f} "
             f"| {len(rr.other_frames)} | {rr.connections - rr.complete} |"
         )
     out()
