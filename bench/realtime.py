@@ -72,7 +72,7 @@ the servers inherit it (the report gives each server's limit from /proc/<pid>/li
 
 Run from the repository root with Keel's `.venv` (`bash bench/realtime.sh` makes it):
 
-    .venv/bin/python bench/realtime.py                     # about 3 minutes
+    .venv/bin/python bench/realtime.py                     # about 2 minutes
     PHASES=latency CLIENTS=lean PYSPY=1 .venv/bin/python bench/realtime.py
 
 Environment (defaults): PHASES="idle latency", IDLE_CONNECTIONS=5000, IDLE_ROOMS=50,

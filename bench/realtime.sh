@@ -3,7 +3,7 @@
 # worker (RSS per connection, idle CPU), then the delivery latency of room messages to
 # 1,000 subscribers over two workers on PostgreSQL + Redis.
 #
-#   bash bench/realtime.sh                              # both phases, about 3 minutes
+#   bash bench/realtime.sh                              # both phases, about 2 minutes
 #   PHASES=latency CLIENTS=lean PYSPY=1 bash bench/realtime.sh
 #
 # Makes Keel's .venv first when it is missing; the settings are realtime.py's (see its
