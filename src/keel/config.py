@@ -177,6 +177,10 @@ class RealtimeSettings(BaseModel):
     outbox_frames: int = Field(default=1024, ge=16)
     # How often ended sessions and expired credentials are looked for (4401).
     check_interval_seconds: float = Field(default=2.0, gt=0)
+    # permessage-deflate, when the client offers it (browsers do): small frames shrink
+    # about 4x, for about 25 µs of CPU per frame sent and twice the memory per idle
+    # connection (bench/RESULTS.md). A bandwidth-or-CPU choice per deployment.
+    compression: bool = True
     # Protocol-level pings from the server (a dead peer is dropped after the timeout).
     ping_interval_seconds: float = Field(default=20.0, gt=0)
     ping_timeout_seconds: float = Field(default=20.0, gt=0)

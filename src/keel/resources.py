@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from keel.auth.deps import Authenticator
@@ -95,14 +95,24 @@ class Resources:
             setattr(app.state, name, getattr(self, name))
 
 
+# Connections one process keeps to Redis at most; past that a command waits this long
+# for one (redis-py's default pool fails at once instead, which a burst of realtime
+# subscribes hit in the benchmark).
+REDIS_MAX_CONNECTIONS = 100
+REDIS_POOL_TIMEOUT_SECONDS = 5
+
+
 def create_redis(url: str) -> Redis:
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_POOL_TIMEOUT_SECONDS,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=30,
         retry_on_timeout=True,
     )
+    return Redis.from_pool(pool)
 
 
 @contextlib.asynccontextmanager

@@ -235,9 +235,10 @@ async def test_a_client_that_stops_reading_is_closed_1013_and_its_memory_release
         growth_mb = (peak - baseline) / 1024
         # What the stuck client costs is bounded by its outbox (64 frames of 15 kB here)
         # and one socket's buffers, not by the 52 MB it did not read: held, that backlog
-        # would show whole. Less than half of it leaves room for the allocator's noise
-        # (up to 18 MB seen between two equal floods).
-        assert growth_mb < 26, growth_mb
+        # would show at about three times its size (each frame kept as published, parsed
+        # and rendered). What remains is the allocator's noise: up to 42 MB was seen
+        # between two equal floods on a busy machine.
+        assert growth_mb < 52, growth_mb
         metrics = (await live.admin.get("/metrics")).text
         # Only the client that stopped reading: the publisher, reading its own copies
         # back, was slowed down to its pace, not closed.

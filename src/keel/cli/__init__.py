@@ -127,6 +127,7 @@ def serve(
             ws_max_size=MAX_FRAME_BYTES,
             ws_ping_interval=settings.realtime.ping_interval_seconds,
             ws_ping_timeout=settings.realtime.ping_timeout_seconds,
+            ws_per_message_deflate=settings.realtime.compression,
         )
     finally:
         if created_metrics_dir:

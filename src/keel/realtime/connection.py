@@ -41,6 +41,8 @@ BAD_CREDENTIALS = 4401
 POLICY_VIOLATION = 1008
 TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
+# Frames sent are added to the metric this many at a time (and at the end).
+COUNT_EVERY = 32
 
 Reauthenticate = Callable[[str], Awaitable[Principal]]
 
@@ -91,6 +93,7 @@ class Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._frames_in = metrics.ws_frames.labels("in")
         self._frames_out = metrics.ws_frames.labels("out")
+        self._sent = 0
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -111,6 +114,8 @@ class Connection:
                     await stack.aclose()
             self.channels.clear()
             self.outbox.discard()  # whatever still waits: the memory goes now
+            self._frames_out.inc(self._sent)
+            self._sent = 0
             if self.close_code is not None:
                 with contextlib.suppress(Exception):
                     await self.websocket.close(self.close_code, self.close_reason)
@@ -154,7 +159,12 @@ class Connection:
             else:
                 text = item
             await self.websocket.send_text(text)
-            self._frames_out.inc()
+            self._sent += 1
+            if self._sent >= COUNT_EVERY:
+                # Counted in batches: a counter's increment takes a lock, per frame it
+                # showed in the profile of a 1,000-subscriber fan-out.
+                self._frames_out.inc(self._sent)
+                self._sent = 0
 
     # -- receiving --------------------------------------------------------------------
 
