@@ -151,7 +151,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(app) as http:
         yield http
         await empty_tables(app)
-    await forget_redis_keys(app)
+    await _forget_redis_keys(app)
 
 
 async def empty_tables(app: FastAPI) -> None:
@@ -160,7 +160,7 @@ async def empty_tables(app: FastAPI) -> None:
             await connection.execute(delete(table))
 
 
-async def forget_redis_keys(app: FastAPI) -> None:
+async def _forget_redis_keys(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     if settings.redis.url:
         await databases.delete_keys(settings.redis.url, settings.redis.key_prefix)
