@@ -103,8 +103,10 @@ from keel_bench import (
     out,
     out_dir,
     process_tree,
+    py_spy,
     reset_peak_rss,
     say,
+    sign_in,
     tree_hwm_kib,
     tree_rss_kib,
 )
@@ -336,16 +338,6 @@ def moto_if(backend: str, env: dict[str, str], cwd: Path, log: Path) -> Iterator
         yield moto
 
 
-def sign_in(base_url: str) -> str:
-    with httpx.Client(base_url=base_url, timeout=30.0, trust_env=False) as client:
-        answer = client.post(
-            f"{API}/auth/token",
-            data={"grant_type": "password", "username": ADMIN, "password": PASSWORD},
-        )
-        answer.raise_for_status()
-        return str(answer.json()["access_token"])
-
-
 # --- the clients ------------------------------------------------------------------------
 
 
@@ -460,7 +452,8 @@ class Client:
         self.token = ""
 
     def sign_in(self) -> None:
-        self.token = sign_in(self.base_url)
+        with httpx.Client(base_url=self.base_url, timeout=30.0, trust_env=False) as client:
+            self.token = sign_in(client, ADMIN)
         self.header_file.write_text(f"Authorization: Bearer {self.token}\n")
         self.header_file.chmod(0o600)
 
@@ -546,35 +539,12 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 @contextlib.contextmanager
 def profiled(enabled: bool, pid: int, output: Path) -> Iterator[None]:
-    """`py-spy record` of `pid` (raw collapsed stacks) while the block runs."""
+    """`py-spy record` of `pid` while the block runs, when asked for."""
     if not enabled:
         yield
         return
-    command = [
-        str(REPO / ".venv" / "bin" / "py-spy"),
-        "record",
-        "--pid",
-        str(pid),
-        "--rate",
-        "100",
-        "--format",
-        "raw",
-        "--output",
-        str(output),
-    ]
-    spy = subprocess.Popen(  # noqa: S603 - fixed command
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    time.sleep(1.0)  # attached before the transfer starts
-    try:
+    with py_spy([(pid, output)]):
         yield
-    finally:
-        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            spy.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
 
 
 def measure(

@@ -12,6 +12,7 @@ Paths are computed from this file: the repository is its parent's parent, Keel i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -407,6 +409,37 @@ def sign_in(client: httpx.Client, email: str) -> str:
     )
     answer.raise_for_status()
     return str(answer.json()["access_token"])
+
+
+@contextlib.contextmanager
+def py_spy(recordings: list[tuple[int, Path]], rate: int = 100) -> Iterator[None]:
+    """`py-spy record` of each (pid, output file), raw collapsed stacks, while the block
+    runs (attached a second before it starts)."""
+    spies = [
+        subprocess.Popen(  # noqa: S603 - a fixed command line
+            [
+                str(REPO / ".venv" / "bin" / "py-spy"),
+                *("record", "--pid", str(pid), "--rate", str(rate)),
+                *("--format", "raw", "--output", str(output)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for pid, output in recordings
+    ]
+    time.sleep(1.0)
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for spy in spies:
+            try:
+                spy.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
 
 
 @dataclass

@@ -133,8 +133,10 @@ from keel_bench import (
     out,
     out_dir,
     process_tree,
+    py_spy,
     rss_kib,
     say,
+    sign_in,
 )
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -155,6 +157,11 @@ SUBSCRIBE_TRIES = 5
 FRAME_TIMEOUT = 60.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
+
+
+def admin_token(base_url: str) -> str:
+    with httpx.Client(base_url=base_url, timeout=30.0, trust_env=False) as client:
+        return sign_in(client, ADMIN)
 
 
 def _terminate(_signum: int, _frame: object) -> NoReturn:
@@ -259,16 +266,6 @@ def base_env() -> dict[str, str]:
         KEEL_REALTIME_PUBLISH_PER_SECOND="1000",
     )
     return env
-
-
-def sign_in(base_url: str) -> str:
-    with httpx.Client(base_url=base_url, timeout=30.0, trust_env=False) as client:
-        answer = client.post(
-            f"{API}/auth/token",
-            data={"grant_type": "password", "username": ADMIN, "password": PASSWORD},
-        )
-        answer.raise_for_status()
-        return str(answer.json()["access_token"])
 
 
 def ws_gauge(base_url: str) -> float | None:
@@ -482,7 +479,7 @@ async def _ping(ws: ClientConnection) -> float | None:
 
 async def idle_measure(config: Config, server: KeelServer, result: IdleResult) -> None:
     url = server.base_url.replace("http://", "ws://") + f"{API}/realtime"
-    token = await asyncio.to_thread(sign_in, server.base_url)
+    token = await asyncio.to_thread(admin_token, server.base_url)
     rooms = [f"room:idle-{n % config.idle_rooms}" for n in range(config.idle_connections)]
     options = {"auth": config.auth, "compression": result.compression}
     warm, warm_opening = await open_many(
@@ -1003,44 +1000,12 @@ def redis_prefix(url: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def profiled(enabled: bool, pids: list[int], folder: Path, label: str) -> Iterator[None]:
-    """`py-spy record` of each pid (raw collapsed stacks) while the block runs."""
+    """`py-spy record` of each worker while the block runs, when asked for."""
     if not enabled:
         yield
         return
-    spies = []
-    for pid in pids:
-        command = [
-            str(REPO / ".venv" / "bin" / "py-spy"),
-            "record",
-            "--pid",
-            str(pid),
-            "--rate",
-            "200",
-            "--format",
-            "raw",
-            "--output",
-            str(folder / f"pyspy-{label}-worker-{pid}.txt"),
-        ]
-        spies.append(
-            subprocess.Popen(  # noqa: S603 - fixed command
-                command,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
-    time.sleep(1.0)
-    try:
+    with py_spy([(pid, folder / f"pyspy-{label}-worker-{pid}.txt") for pid in pids], rate=200):
         yield
-    finally:
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        for spy in spies:
-            try:
-                spy.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
 
 
 # Where a worker's event loop spends its samples, by the file of the innermost frame
@@ -1231,7 +1196,7 @@ def _measure_latency(
         f"processes {result.processes}, workers {workers}, open files limit "
         f"{result.server_nofile}"
     )
-    token = sign_in(server.base_url)
+    token = admin_token(server.base_url)
     url = server.base_url.replace("http://", "ws://") + f"{API}/realtime"
     started = time.perf_counter()
     processes, pipes = _start_receivers(config, result.client, url, token, room)
