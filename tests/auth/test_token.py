@@ -692,3 +692,17 @@ async def test_malformed_authorization_header_is_refused(
     client: httpx.AsyncClient, authorization: str
 ) -> None:
     assert_invalid_token(await client.get(ME_URL, headers={"Authorization": authorization}))
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("role", "superuser"), ("role", ""), ("exp", 10**20), ("iat", -(10**20))],
+)
+async def test_a_signed_token_with_an_impossible_claim_is_401_not_500(
+    app: FastAPI, client: httpx.AsyncClient, claim: str, value: object
+) -> None:
+    """Issue 12, point 10: a correctly signed token whose claim no Keel token can have
+    (a role that does not exist, a time no clock shows) is refused like any bad token."""
+    claims = await _real_claims(app, client)
+    claims[claim] = value
+    assert_invalid_token(await me(client, signed_by_the_app(app, claims)))

@@ -69,11 +69,15 @@ class Authenticator:
             claims = self.access_tokens.verify(credential)
         except InvalidAccessToken as exc:
             raise _unauthorized("Invalid or expired token", credential_sent=True) from exc
+        try:
+            role = Role(claims.role)
+        except ValueError:  # signed by us, yet no role we have: refused, not a 500
+            raise _unauthorized("Invalid or expired token", credential_sent=True) from None
         if await self.revocations.is_revoked(claims.session_id):
             raise _unauthorized("Session has ended", credential_sent=True)
         return Principal(
             user_id=claims.user_id,
-            role=Role(claims.role),
+            role=role,
             session_id=claims.session_id,
             expires_at=claims.expires_at,
         )

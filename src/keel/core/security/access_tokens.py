@@ -27,6 +27,8 @@ LEEWAY_SECONDS = 10
 MAX_TOKEN_CHARS = 4096
 # Tokens whose signature was checked, kept per process (a few MB at most).
 VERIFIED_CACHE_SIZE = 4096
+# Time claims must lie between 1970 and 2100 (seconds since the epoch).
+MAX_TIME_CLAIM = 4_102_444_800
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "sid", "exp", "iat", "jti", "role"]
 
 
@@ -137,8 +139,11 @@ class AccessTokens:
         now = self._now().timestamp()
         exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf")
         for value in (exp, iat) if nbf is None else (exp, iat, nbf):
-            # We issue whole seconds; bool is an int in Python, and no kind of time.
+            # We issue whole seconds; bool is an int in Python, and no kind of time. A
+            # time no clock can show (datetime overflows) is refused here, not a 500.
             if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidAccessToken("bad time claim")
+            if not 0 <= value < MAX_TIME_CLAIM:
                 raise InvalidAccessToken("bad time claim")
         if now >= exp + LEEWAY_SECONDS:
             raise InvalidAccessToken("expired")
