@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import Column, MetaData, Table, Uuid, insert, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from keel.core.ids import uuid7
 from keel.main import create_app
@@ -138,3 +139,19 @@ async def test_a_pooled_connection_lost_while_idle_is_replaced_unnoticed(
             await side.close()
         # The ping finds the dead connection before the request uses it.
         assert (await http.get("/api/v1/users/me", headers=me.headers)).status_code == 200
+
+
+async def test_a_failed_statement_never_shows_its_parameters(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Issue 12, point 4: what a failed statement was given (a password hash, an API key's
+    hash) must not reach the error's text, which the logs print."""
+    secret = "$argon2id$v=19$m=65536,t=3,p=2$not-for-the-logs"
+    async with app.state.resources.engine.connect() as connection:
+        with pytest.raises(DBAPIError) as failed:
+            await connection.execute(
+                text("SELECT no_such_column FROM users WHERE password_hash = :hash"),
+                {"hash": secret},
+            )
+    assert secret not in str(failed.value)
+    assert "no_such_column" in str(failed.value)  # the statement itself still shows

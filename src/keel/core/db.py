@@ -75,6 +75,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.database.max_overflow,
         pool_timeout=settings.database.pool_timeout,
         echo=settings.database.echo,
+        # A failed statement's error text (which the logs print) names the statement,
+        # never what it was given: password and API-key hashes among them.
+        hide_parameters=True,
         connect_args={"timeout": settings.database.pool_timeout},
     )
     _ping_after_idle(engine, settings.database.ping_after_idle_seconds)
@@ -113,6 +116,7 @@ def _create_sqlite_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(
         url,
         echo=settings.database.echo,
+        hide_parameters=True,  # as on PostgreSQL: no parameters in error texts
         connect_args={"timeout": settings.database.pool_timeout},
     )
 
