@@ -12,7 +12,6 @@ import gc
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 import keel
 from keel.api_keys.router import router as api_keys_router
@@ -26,6 +25,7 @@ from keel.core.logging import configure_logging
 from keel.core.metrics import Metrics
 from keel.core.middleware.body_limit import BodyLimitMiddleware
 from keel.core.middleware.compression import GZipWhenAccepted
+from keel.core.middleware.cors import KeelCORSMiddleware
 from keel.core.middleware.health import HealthMiddleware
 from keel.core.middleware.observability import ObservabilityMiddleware
 from keel.core.middleware.security_headers import SecurityHeadersMiddleware
@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(GZipWhenAccepted, minimum_size=settings.http.gzip_min_bytes, compresslevel=6)
     if settings.cors.origins:
         app.add_middleware(
-            CORSMiddleware,
+            KeelCORSMiddleware,
             allow_origins=settings.cors.origins,
             allow_credentials=settings.cors.allow_credentials,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],

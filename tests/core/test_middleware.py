@@ -112,6 +112,12 @@ async def test_cors_preflight(cors_client: httpx.AsyncClient) -> None:
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert refused.status_code == 400
+    # Issue 12, point 12: in the one error shape, like every other error.
+    error = refused.json()["error"]
+    assert error["code"] == "BAD_REQUEST"
+    assert "origin" in error["message"].lower()
+    assert error["request_id"] == refused.headers["x-request-id"]
+    assert "access-control-allow-origin" not in refused.headers
 
 
 async def test_no_cors_headers_by_default(client: httpx.AsyncClient) -> None:
