@@ -28,14 +28,9 @@ from tests.realtime.support import (
     subscribe,
     token,
 )
+from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -83,7 +78,7 @@ async def _error_code(ws: ClientConnection) -> str:
 async def test_losing_redis_keeps_connections_and_delivery_resumes(
     requires_redis: str, migrated_database: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     with _redis_server(port) as redis_process:
         async with running(tmp_path, migrated_database, KEEL_REDIS_URL=url) as live:

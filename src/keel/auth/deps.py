@@ -15,6 +15,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
+from starlette.requests import HTTPConnection
 
 from keel.auth import repository
 from keel.auth.permissions import Permission, role_allows
@@ -88,7 +89,9 @@ def _unauthorized(message: str, *, credential_sent: bool) -> Unauthorized:
     return Unauthorized(message, headers={"WWW-Authenticate": challenge})
 
 
-def _credential(request: Request) -> str | None:
+def credential_of(request: HTTPConnection) -> str | None:
+    """The credential a request (or WebSocket handshake) carries, if any; a malformed
+    `Authorization` header is 401."""
     authorization = request.headers.get("authorization")
     if authorization is not None:
         scheme, _, value = authorization.partition(" ")
@@ -118,7 +121,7 @@ async def authenticate(
     db: DbSession,
     _scheme: Annotated[str | None, Depends(oauth2_scheme)] = None,
 ) -> Principal:
-    credential = _credential(request)
+    credential = credential_of(request)
     if credential is None:
         raise _unauthorized("Not authenticated", credential_sent=False)
     # Read here rather than as a dependency of its own: every protected request runs

@@ -73,19 +73,20 @@ async def list_page(
     )
 
 
-async def get(db: Unit, principal: Principal, file_id: uuid.UUID) -> FileRow:
-    found = await repository.find(db, file_id, readable_owner(principal))
+async def _found(db: Unit, file_id: uuid.UUID, owner: uuid.UUID | None) -> FileRow:
+    found = await repository.find(db, file_id, owner)
     if found is None:
         raise NotFound("File not found")
     return found
+
+
+async def get(db: Unit, principal: Principal, file_id: uuid.UUID) -> FileRow:
+    return await _found(db, file_id, readable_owner(principal))
 
 
 async def get_any(db: Unit, file_id: uuid.UUID) -> FileRow:
     """A file by id alone, for a signed link (the signature stands for the caller)."""
-    found = await repository.find(db, file_id, None)
-    if found is None:
-        raise NotFound("File not found")
-    return found
+    return await _found(db, file_id, None)
 
 
 def _refusal_reason(error: BaseException) -> str:

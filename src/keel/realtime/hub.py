@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from keel.auth.deps import Authenticator, Principal
+from keel.auth.deps import Authenticator, Principal, credential_of
 from keel.auth.revocation import SessionRevocations
 from keel.config import Settings
 from keel.core.broker import Broker
@@ -83,14 +83,14 @@ class RealtimeHub:
         if not self._origin_allowed(websocket):
             await websocket.close(code=1008)  # before accepting: the handshake is 403
             return
-        header = _credential_from_headers(websocket)
         principal: Principal | None = None
-        if header is not None:
-            try:
+        try:
+            header = credential_of(websocket)
+            if header is not None:
                 principal = await self.authenticate(header)
-            except Exception:  # noqa: BLE001 - a refused credential on the handshake is 403
-                await websocket.close(code=1008)
-                return
+        except Exception:  # noqa: BLE001 - a refused credential on the handshake is 403
+            await websocket.close(code=1008)
+            return
         await websocket.accept()
         if principal is None:
             first = await self._first_frame(websocket)
@@ -189,13 +189,3 @@ class RealtimeHub:
         for session_id in ended:
             for connection in by_session[session_id]:
                 connection.close(BAD_CREDENTIALS, "session ended", "revoked")
-
-
-def _credential_from_headers(websocket: WebSocket) -> str | None:
-    authorization = websocket.headers.get("authorization")
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-        return ""  # malformed: refused like a bad credential
-    return websocket.headers.get("x-api-key")
