@@ -64,6 +64,9 @@ class LogSettings(BaseModel):
 
 class HttpSettings(BaseModel):
     max_json_body_bytes: int = Field(default=1 * MiB, ge=1)
+    # A request's line and headers: larger is 431; still arriving after the timeout, 408.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
     gzip_min_bytes: int = Field(default=1024, ge=0)
     hsts_max_age: int = Field(default=31_536_000, ge=0)
 

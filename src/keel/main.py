@@ -19,6 +19,7 @@ from keel.auth.router import jwks_router
 from keel.auth.router import router as auth_router
 from keel.auth.service import ensure_first_admin
 from keel.config import Settings, check_settings
+from keel.core.dispatch import install_relative_slash_redirect
 from keel.core.docs import install_docs
 from keel.core.errors import install_error_handlers
 from keel.core.logging import configure_logging
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_docs(app, openapi_url)
 
     install_error_handlers(app)
+    install_relative_slash_redirect(app.router)
     for router in (
         health_router,
         auth_router,

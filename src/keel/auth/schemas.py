@@ -5,14 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, EmailStr, Field
 
+from keel.core.bodies import RequestBody
 from keel.models import Role
-
-
-class Body(BaseModel):
-    # Unknown fields are refused (422): no silent mass assignment.
-    model_config = ConfigDict(extra="forbid")
 
 
 class UserRead(BaseModel):
@@ -28,7 +24,7 @@ class UserRead(BaseModel):
     updated_at: datetime
 
 
-class RegisterRequest(Body):
+class RegisterRequest(RequestBody):
     email: EmailStr
     password: str = Field(max_length=1024)
     full_name: str | None = Field(default=None, max_length=200)
@@ -41,19 +37,19 @@ class TokenPair(BaseModel):
     refresh_token: str
 
 
-class LogoutRequest(Body):
+class LogoutRequest(RequestBody):
     refresh_token: str = Field(max_length=512)
 
 
-class VerifyEmailRequest(Body):
+class VerifyEmailRequest(RequestBody):
     token: str = Field(max_length=512)
 
 
-class ForgotPasswordRequest(Body):
+class ForgotPasswordRequest(RequestBody):
     email: EmailStr
 
 
-class ResetPasswordRequest(Body):
+class ResetPasswordRequest(RequestBody):
     token: str = Field(max_length=512)
     new_password: str = Field(max_length=1024)
 

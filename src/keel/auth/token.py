@@ -19,6 +19,7 @@ from keel.core.client_ip import request_client_ip
 from keel.core.db import Unit
 from keel.core.deps import AppSettings, Limiter
 from keel.core.ratelimit import ip_key
+from keel.core.request_input import NUL
 from keel.core.routing import Answer
 from keel.core.security.passwords import PasswordHasher
 
@@ -92,6 +93,9 @@ async def _read_form(request: Request) -> TokenForm:
             return TokenForm(_usernames(form), repeated)
         if isinstance(given[0], str) and given[0]:
             values[name] = given[0]
+    if any(NUL in text for pair in values.items() for text in pair):
+        # PostgreSQL cannot compare text holding NUL: refused before any lookup.
+        return TokenForm({}, OAuthError("invalid_request", "Parameters may not contain NUL"))
     return TokenForm(values)
 
 

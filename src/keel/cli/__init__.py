@@ -85,6 +85,7 @@ def serve(
     """Run the HTTP server."""
     import uvicorn
 
+    from keel.core.http_protocol import BoundedHeadProtocol
     from keel.core.logging import configure_logging
     from keel.core.websocket_protocol import GoingAwayWebSocketProtocol
     from keel.realtime.frames import MAX_FRAME_BYTES
@@ -121,6 +122,8 @@ def serve(
             access_log=False,
             log_config=None,
             server_header=False,
+            # Bounds on a request's head: its size (431) and how long it may take (408).
+            http=BoundedHeadProtocol,
             # Realtime: API.md's frame limit (1009 past it), pings from the server, and
             # 1001 to every connection on shutdown.
             ws=GoingAwayWebSocketProtocol,

@@ -208,7 +208,9 @@ def page_params(
                     {"loc": ["query", "sort"], "msg": f"Input should be {expected}", "type": "enum"}
                 ]
             )
-        return PageParams(limit, cursor, order, include_total)
+        # An empty `cursor=` is no cursor: the first page, as a client building the
+        # query string from a null next_cursor would mean.
+        return PageParams(limit, cursor or None, order, include_total)
 
     return dependency
 

@@ -27,10 +27,14 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.params import Form
 from fastapi.routing import APIRoute, APIWebSocketRoute
+from starlette.routing import Match
+from starlette.types import Receive, Scope, Send
 
 from keel.core.conditional import etag_value, none_match
 from keel.core.db import run_statements_alone, unit_of
+from keel.core.dispatch import answer_head, method_not_allowed, shadowed_by_fixed_path
 from keel.core.errors import UnsupportedMediaType
+from keel.core.request_input import read_json_body, refuse_nul_in_query
 
 ResponseHook = Callable[[Response], Awaitable[None]]
 
@@ -142,6 +146,31 @@ class KeelRoute(APIRoute):
                 kwargs["openapi_extra"] = extra
         super().__init__(path, endpoint, **kwargs)
 
+    # Matching and methods (core/dispatch.py): a fixed path beats a template, HEAD is
+    # answered wherever GET is, and a 405's Allow names every method of the path.
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is Match.NONE:
+            return match, child_scope
+        if shadowed_by_fixed_path(self, scope):
+            return Match.NONE, {}
+        if match is Match.PARTIAL and scope["method"] == "HEAD" and "GET" in self._methods:
+            return Match.FULL, child_scope
+        return match, child_scope
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method in self._methods:
+            await super().handle(scope, receive, send)
+        elif method == "HEAD" and "GET" in self._methods:
+            await answer_head(self.app, scope, receive, send)
+        else:
+            raise method_not_allowed(self.path, self._methods, scope)
+
+    @property
+    def _methods(self) -> set[str]:
+        return self.methods or set()
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         expects_json = self.body_field is not None and not self._expects_form()
@@ -150,6 +179,9 @@ class KeelRoute(APIRoute):
         async def keel_handler(request: Request) -> Response:
             if expects_json:
                 _check_json(request)
+                await read_json_body(request)
+            if b"%00" in request.scope["query_string"]:
+                refuse_nul_in_query(request)
             token = _current_request.set(request)
             scope = request.scope
             if alone:

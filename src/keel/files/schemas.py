@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from keel.core.bodies import RequestBody
 
 MAX_LINK_SECONDS = 86_400
 
@@ -22,9 +24,7 @@ class FileRead(BaseModel):
     created_at: datetime
 
 
-class LinkRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LinkRequest(RequestBody):
     expires_in: int = Field(
         default=300, ge=1, le=MAX_LINK_SECONDS, description="Seconds the link works."
     )

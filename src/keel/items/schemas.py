@@ -9,13 +9,12 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     model_validator,
 )
 
+from keel.core.bodies import FromText, RequestBody
 from keel.core.conditional import Versioned
 from keel.models import ItemStatus
 
@@ -53,25 +52,21 @@ class ItemRead(Versioned):
 ITEM_FIELDS = tuple(ItemRead.model_fields)
 
 
-class ItemWrite(BaseModel):
+class ItemWrite(RequestBody):
     """POST and PUT: every field; those left out take their defaults."""
-
-    model_config = ConfigDict(extra="forbid")
 
     title: Title
     description: Description = ""
-    status: ItemStatus = ItemStatus.DRAFT
+    status: Annotated[ItemStatus, FromText] = ItemStatus.DRAFT
     tags: Tags = Field(default_factory=list)
 
 
-class ItemUpdate(BaseModel):
+class ItemUpdate(RequestBody):
     """PATCH: only the fields sent change; none of them may be null."""
-
-    model_config = ConfigDict(extra="forbid")
 
     title: Title | None = None
     description: Description | None = None
-    status: ItemStatus | None = None
+    status: Annotated[ItemStatus, FromText] | None = None
     tags: Tags | None = None
 
     @model_validator(mode="after")

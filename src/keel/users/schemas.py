@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from typing import Annotated
+
+from pydantic import EmailStr, Field
 
 from keel.auth.schemas import UserRead
+from keel.core.bodies import FromText, RequestBody
 from keel.models import Role
 
 __all__ = [
@@ -16,11 +19,7 @@ __all__ = [
 ]
 
 
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class UserSelfUpdate(Body):
+class UserSelfUpdate(RequestBody):
     """What a user may change about themselves: never their role."""
 
     full_name: str | None = Field(default=None, max_length=200)
@@ -28,23 +27,23 @@ class UserSelfUpdate(Body):
     current_password: str | None = Field(default=None, max_length=1024)
 
 
-class PasswordChange(Body):
+class PasswordChange(RequestBody):
     current_password: str = Field(max_length=1024)
     new_password: str = Field(max_length=1024)
 
 
-class UserCreate(Body):
+class UserCreate(RequestBody):
     email: EmailStr
     password: str = Field(max_length=1024)
     full_name: str | None = Field(default=None, max_length=200)
-    role: Role = Role.USER
+    role: Annotated[Role, FromText] = Role.USER
     is_active: bool = True
     is_verified: bool = False
 
 
-class UserAdminUpdate(Body):
+class UserAdminUpdate(RequestBody):
     full_name: str | None = Field(default=None, max_length=200)
     email: EmailStr | None = None
-    role: Role | None = None
+    role: Annotated[Role, FromText] | None = None
     is_active: bool | None = None
     is_verified: bool | None = None
