@@ -48,3 +48,5 @@ class UserAdminUpdate(Body):
     role: Role | None = None
     is_active: bool | None = None
     is_verified: bool | None = None
+    # Needed only when an admin changes their own e-mail here, as on /users/me.
+    current_password: str | None = Field(default=None, max_length=1024)
