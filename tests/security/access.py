@@ -180,13 +180,19 @@ class World:
             path = path.replace(f"{{{name}}}", await self.path_value(name))
         return path
 
-    async def request(self, method: str, path: str) -> httpx.Response:
-        """The call a permitted client would make: a valid request in every respect
-        but, for some callers, the credential."""
+    async def prepare(self, method: str, path: str) -> tuple[str, dict[str, Any]]:
+        """The URL and arguments of the call a permitted client would make: a valid
+        request in every respect but, for some callers, the credential. The objects
+        it names exist once this returns."""
         url = await self.url(path)
-        extra = await self._arguments(method, path, url)
-        headers = {**self.headers, **extra.pop("headers", {})}
-        return await self.client.request(method, url, headers=headers, **extra)
+        return url, await self._arguments(method, path, url)
+
+    async def send(self, method: str, url: str, arguments: dict[str, Any]) -> httpx.Response:
+        return await self.client.request(method, url, headers=self.headers, **arguments)
+
+    async def request(self, method: str, path: str) -> httpx.Response:
+        url, arguments = await self.prepare(method, path)
+        return await self.send(method, url, arguments)
 
     async def _arguments(self, method: str, path: str, url: str) -> dict[str, Any]:
         key = (method, path)
