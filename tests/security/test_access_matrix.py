@@ -1,4 +1,4 @@
-"""Function-level access control: every route × every kind of caller gets the status
+"""Function-level access control: every route x every kind of caller gets the status
 API.md promises: 401 without a credential, 403 where the role (or an API key) is not
 enough, the route's success where it is, never a 2xx where forbidden, never a 500.
 
@@ -50,7 +50,9 @@ def served_routes(app: FastAPI) -> set[tuple[str, str]]:
         if isinstance(route, APIWebSocketRoute):
             routes.add(("WS", route.path))
         elif isinstance(route, APIRoute | Route):
-            routes.update((method, route.path) for method in route.methods or () if method != "HEAD")
+            routes.update(
+                (method, route.path) for method in route.methods or () if method != "HEAD"
+            )
         else:
             pytest.fail(f"a route of an unknown kind: {route!r}")
     return routes
@@ -61,7 +63,9 @@ async def test_every_route_has_an_expectation(app: FastAPI, client: httpx.AsyncC
     # of the schema): both must match the table exactly, no more, no less.
     schema = (await client.get("/openapi.json")).json()
     documented = {
-        (method.upper(), path) for path, operations in schema["paths"].items() for method in operations
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        for method in operations
     }
     listed = set(EXPECTED)
     assert documented - listed == set(), "routes without an access expectation"
@@ -86,7 +90,11 @@ async def test_each_caller_gets_what_api_md_promises(
     if expected == 401:
         assert_error(response, 401, "UNAUTHORIZED")
         sent_credential = caller != "anonymous"
-        challenge = 'Bearer error="invalid_token"' if sent_credential and rule.policy != "metrics" else "Bearer"
+        challenge = (
+            'Bearer error="invalid_token"'
+            if sent_credential and rule.policy != "metrics"
+            else "Bearer"
+        )
         assert response.headers["www-authenticate"] == challenge
     elif expected == 403:
         assert_error(response, 403, "FORBIDDEN")

@@ -160,4 +160,6 @@ async def test_the_admin_route_sets_no_password(
         error = assert_error(response, 422, "VALIDATION_ERROR")
         assert ["body", field] in [detail["loc"] for detail in error["details"]]
         assert (await login(client, target.user.email)).status_code == 200
-        assert (await login(client, target.user.email, "a brand new passphrase 42")).status_code == 400
+        assert (
+            await login(client, target.user.email, "a brand new passphrase 42")
+        ).status_code == 400

@@ -68,7 +68,9 @@ async def test_the_account_limit_holds_whatever_address_the_guesses_come_from(
         user = await make_user(app)
         for number, spoof in enumerate(SPOOFS[:4]):
             async with _peer(app, f"198.51.100.{number + 1}") as bot:
-                assert_oauth_error(await password_login(bot, user.email, WRONG, spoof), "invalid_grant")
+                assert_oauth_error(
+                    await password_login(bot, user.email, WRONG, spoof), "invalid_grant"
+                )
         for variant in (user.email, user.email.upper(), f"  {user.email} "):
             assert_rate_limited(await password_login(client, variant))
         async with _peer(app, "192.0.2.200") as fresh:
@@ -111,10 +113,14 @@ async def test_behind_a_trusted_proxy_only_the_hop_it_appended_counts(
         real = "198.51.100.30"
         for number, user in enumerate(users):
             forwarded = {"X-Forwarded-For": f"203.0.113.{number}, {real}"}
-            assert_oauth_error(await password_login(client, user.email, WRONG, forwarded), "invalid_grant")
+            assert_oauth_error(
+                await password_login(client, user.email, WRONG, forwarded), "invalid_grant"
+            )
         for invented in ("203.0.113.50", "10.0.0.1, 203.0.113.51", "127.0.0.1", "::1", "garbage"):
             forwarded = {"X-Forwarded-For": f"{invented}, {real}"}
-            assert_rate_limited(await password_login(client, users[0].email, DEFAULT_PASSWORD, forwarded))
+            assert_rate_limited(
+                await password_login(client, users[0].email, DEFAULT_PASSWORD, forwarded)
+            )
         # Another client behind the same proxy has its own budget.
         other = {"X-Forwarded-For": "198.51.100.31"}
         assert (await password_login(client, users[0].email, headers=other)).status_code == 200
@@ -134,9 +140,13 @@ async def test_an_untrusted_peer_cannot_pose_as_the_proxy(
         async with _peer(app, "198.51.100.40") as direct:
             for number in range(2):
                 spoof = {"X-Forwarded-For": f"203.0.113.{number + 60}"}
-                assert_oauth_error(await password_login(direct, user.email, WRONG, spoof), "invalid_grant")
+                assert_oauth_error(
+                    await password_login(direct, user.email, WRONG, spoof), "invalid_grant"
+                )
             for spoof in SPOOFS:
-                assert_rate_limited(await password_login(direct, user.email, DEFAULT_PASSWORD, spoof))
+                assert_rate_limited(
+                    await password_login(direct, user.email, DEFAULT_PASSWORD, spoof)
+                )
 
 
 async def _register(client: httpx.AsyncClient, headers: dict[str, str]) -> httpx.Response:
@@ -161,9 +171,11 @@ async def test_the_other_limited_endpoints_cannot_be_reset_by_headers_either(
     send: Any,
     ok: int,
 ) -> None:
-    async with started(make_settings(limit=limit)) as (app, _):
-        async with _peer(app, "198.51.100.50") as attacker:
-            for _ in range(2):
-                assert (await send(attacker, {})).status_code == ok
-            for spoof in SPOOFS:
-                assert_rate_limited(await send(attacker, spoof))
+    async with (
+        started(make_settings(limit=limit)) as (app, _),
+        _peer(app, "198.51.100.50") as attacker,
+    ):
+        for _ in range(2):
+            assert (await send(attacker, {})).status_code == ok
+        for spoof in SPOOFS:
+            assert_rate_limited(await send(attacker, spoof))

@@ -52,7 +52,7 @@ from tests.auth.test_token import (
     tokens_for,
     unverified_claims,
 )
-from tests.factories.users import DEFAULT_PASSWORD, make_user
+from tests.factories.users import make_user
 from tests.security.support import one_time_token
 from tests.support.assertions import assert_error
 from tests.support.servers import HOST
@@ -87,7 +87,7 @@ def listener() -> Iterator[tuple[str, socket.socket]]:
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind((HOST, 0))
     server.listen(16)
-    server.setblocking(False)
+    server.setblocking(False)  # noqa: FBT003 - the socket API's own flag
     try:
         yield f"http://{HOST}:{server.getsockname()[1]}", server
     finally:

@@ -26,6 +26,7 @@ from tests.conftest import SettingsFactory
 from tests.files.support import PNG
 from tests.security.access import World
 from tests.security.support import bearer
+from tests.support import probe_routes
 from tests.support.apps import client_for
 
 pytestmark = pytest.mark.anyio
@@ -61,13 +62,17 @@ DOWNLOAD_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
 
 
 def assert_promised_headers(response: httpx.Response, what: str) -> None:
-    for name, value in PROMISED.items():
-        if name == "content-security-policy" and what.startswith("download"):
-            value = DOWNLOAD_CSP
-        assert response.headers.get(name) == value, (what, name, response.headers)
+    for name, promised in PROMISED.items():
+        expected = (
+            DOWNLOAD_CSP
+            if name == "content-security-policy" and what.startswith("download")
+            else promised
+        )
+        assert response.headers.get(name) == expected, (what, name, response.headers)
     hsts = response.headers.get("strict-transport-security", "")
     max_age = int(hsts.split("max-age=")[1].split(";")[0]) if "max-age=" in hsts else 0
-    assert max_age >= 365 * 24 * 3600 and "includeSubDomains" in hsts, (what, hsts)
+    assert max_age >= 365 * 24 * 3600, (what, hsts)
+    assert "includeSubDomains" in hsts, (what, hsts)
     assert response.headers.get("x-request-id"), what
 
 
@@ -86,9 +91,25 @@ async def test_every_kind_of_answer_carries_the_security_headers(
         ("204", await client.delete(f"/api/v1/items/{item['id']}", headers=headers)),
         ("200 stream", await client.get("/api/v1/items/export?format=csv", headers=headers)),
         ("download 200", await client.get(f"/api/v1/files/{file['id']}/content", headers=headers)),
-        ("download 206", await client.get(f"/api/v1/files/{file['id']}/content", headers={**headers, "Range": "bytes=0-3"})),
-        ("416", await client.get(f"/api/v1/files/{file['id']}/content", headers={**headers, "Range": "bytes=99999-"})),
-        ("304", await client.get(f"/api/v1/files/{file['id']}/content", headers={**headers, "If-None-Match": f'"{file["sha256"]}"'})),
+        (
+            "download 206",
+            await client.get(
+                f"/api/v1/files/{file['id']}/content", headers={**headers, "Range": "bytes=0-3"}
+            ),
+        ),
+        (
+            "416",
+            await client.get(
+                f"/api/v1/files/{file['id']}/content", headers={**headers, "Range": "bytes=99999-"}
+            ),
+        ),
+        (
+            "304",
+            await client.get(
+                f"/api/v1/files/{file['id']}/content",
+                headers={**headers, "If-None-Match": f'"{file["sha256"]}"'},
+            ),
+        ),
         ("health fast path", await client.get("/health")),
         ("jwks", await client.get("/.well-known/jwks.json")),
         ("401", await client.get("/api/v1/users/me")),
@@ -96,31 +117,68 @@ async def test_every_kind_of_answer_carries_the_security_headers(
         ("403", await client.get("/api/v1/users", headers=headers)),
         ("404", await client.get("/nowhere")),
         ("405", await client.put("/health")),
-        ("413 json", await client.post("/api/v1/items", content=big, headers={**headers, "content-type": "application/json"})),
-        ("413 upload", await client.post("/api/v1/files", files={"file": ("a.png", PNG * 8, "image/png")}, headers=headers)),
-        ("415", await client.post("/api/v1/items", content=b"x", headers={**headers, "content-type": "text/plain"})),
+        (
+            "413 json",
+            await client.post(
+                "/api/v1/items",
+                content=big,
+                headers={**headers, "content-type": "application/json"},
+            ),
+        ),
+        (
+            "413 upload",
+            await client.post(
+                "/api/v1/files", files={"file": ("a.png", PNG * 8, "image/png")}, headers=headers
+            ),
+        ),
+        (
+            "415",
+            await client.post(
+                "/api/v1/items", content=b"x", headers={**headers, "content-type": "text/plain"}
+            ),
+        ),
         ("422", await client.post("/api/v1/items", json={}, headers=headers)),
-        ("400 oauth", await client.post("/api/v1/auth/token", data={"username": "a@b.io", "password": "no"})),
-        ("429", await client.post("/api/v1/auth/token", data={"username": "a@b.io", "password": "no"})),
-        ("cors preflight", await client.options("/api/v1/items", headers={"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST"})),
-        ("cors refused", await client.options("/api/v1/items", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})),
+        (
+            "400 oauth",
+            await client.post("/api/v1/auth/token", data={"username": "a@b.io", "password": "no"}),
+        ),
+        (
+            "429",
+            await client.post("/api/v1/auth/token", data={"username": "a@b.io", "password": "no"}),
+        ),
+        (
+            "cors preflight",
+            await client.options(
+                "/api/v1/items",
+                headers={"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST"},
+            ),
+        ),
+        (
+            "cors refused",
+            await client.options(
+                "/api/v1/items",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+            ),
+        ),
     ]
     statuses = {what: response.status_code for what, response in cases}
-    assert statuses["429"] == 429 and statuses["413 upload"] == 413, statuses
+    assert statuses["429"] == 429, statuses
+    assert statuses["413 upload"] == 413, statuses
     for what, response in cases:
         assert_promised_headers(response, what)
 
 
-async def test_a_crash_carries_them_too(make_settings: SettingsFactory, migrated_database: str) -> None:
-    from tests.support import probe_routes
-
+async def test_a_crash_carries_them_too(
+    make_settings: SettingsFactory, migrated_database: str
+) -> None:
     app = create_app(make_settings())
     app.include_router(probe_routes.router)
     async with client_for(app, base_url="https://testserver", raise_app_exceptions=False) as client:
         response = await client.get("/probe/crash")
     assert response.status_code == 500
     assert_promised_headers(response, "500")
-    assert "hunter2" not in response.text and "/srv/keel" not in response.text
+    assert "hunter2" not in response.text
+    assert "/srv/keel" not in response.text
 
 
 LOOK_ALIKES = [
@@ -173,7 +231,9 @@ async def test_the_listed_origin_is_allowed_and_echoed_exactly(
     # The control for the look-alikes: the listed origin itself gets through.
     app, client = https_client
     world = await World.make(app, client, "user")
-    simple = await client.get("/api/v1/users/me", headers={**world.headers, "Origin": ALLOWED_ORIGIN})
+    simple = await client.get(
+        "/api/v1/users/me", headers={**world.headers, "Origin": ALLOWED_ORIGIN}
+    )
     assert simple.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert simple.headers["access-control-allow-credentials"] == "true"
     assert "origin" in simple.headers["vary"].lower()

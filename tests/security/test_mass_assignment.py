@@ -162,7 +162,12 @@ async def test_the_token_endpoint_lets_no_parameter_reach_the_token(
     }
     response = await client.post(
         "/api/v1/auth/token",
-        data={"grant_type": "password", "username": user.email, "password": DEFAULT_PASSWORD, **smuggled},
+        data={
+            "grant_type": "password",
+            "username": user.email,
+            "password": DEFAULT_PASSWORD,
+            **smuggled,
+        },
     )
     assert response.status_code == 200, response.text
     body = response.json()

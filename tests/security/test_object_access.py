@@ -37,12 +37,13 @@ ROLES = {"user": Role.USER, "moderator": Role.MODERATOR, "admin": Role.ADMIN}
 
 # What each caller gets on the victim's object (API.md), by route. A key acts as its
 # owner, except on routes that need a password sign-in (403 before any lookup).
-ITEM_READ = {"user": 404, "moderator": 200, "admin": 200}
-ITEM_WRITE = {"user": 404, "moderator": 403, "admin": None}  # None: the route's success
-FILE_READ = {"user": 404, "moderator": 200, "admin": 200}
-OWN_ONLY = {"user": 404, "moderator": 404, "admin": 404}
+Outcomes = dict[str, int | None]
+ITEM_READ: Outcomes = {"user": 404, "moderator": 200, "admin": 200}
+ITEM_WRITE: Outcomes = {"user": 404, "moderator": 403, "admin": None}  # None: the route's success
+FILE_READ: Outcomes = {"user": 404, "moderator": 200, "admin": 200}
+OWN_ONLY: Outcomes = {"user": 404, "moderator": 404, "admin": 404}
 
-OBJECT_RULES: dict[tuple[str, str], dict[str, int | None]] = {
+OBJECT_RULES: dict[tuple[str, str], Outcomes] = {
     ("GET", "/api/v1/items/{item_id}"): ITEM_READ,
     ("PUT", "/api/v1/items/{item_id}"): ITEM_WRITE,
     ("PATCH", "/api/v1/items/{item_id}"): ITEM_WRITE,
@@ -139,21 +140,25 @@ async def test_collections_show_a_user_only_their_own(
     assert export.status_code == 200
     assert item["id"] not in export.text
     for path in ("/api/v1/items", "/api/v1/items/export"):
-        named = await client.get(path, headers=headers, params={"owner_id": str(victim.owner.user.id)})
+        named = await client.get(
+            path, headers=headers, params={"owner_id": str(victim.owner.user.id)}
+        )
         assert_error(named, 403, "FORBIDDEN")
     if caller == "user":
-        for path, secret in (("/api/v1/api-keys", key), ("/api/v1/auth/sessions", None)):
+        listings: list[tuple[str, dict[str, Any] | None]] = [
+            ("/api/v1/api-keys", key),
+            ("/api/v1/auth/sessions", None),
+        ]
+        for path, hidden in listings:
             page = await client.get(path, headers=headers)
             assert page.status_code == 200, page.text
-            if secret is not None:
-                assert secret["id"] not in page.text
+            if hidden is not None:
+                assert hidden["id"] not in page.text
             assert unverified_claims(victim.owner.access_token)["sid"] not in page.text
             assert len(page.json()["data"]) == (1 if path.endswith("sessions") else 0)
 
 
-async def test_an_id_of_another_kind_finds_nothing(
-    app: FastAPI, client: httpx.AsyncClient
-) -> None:
+async def test_an_id_of_another_kind_finds_nothing(app: FastAPI, client: httpx.AsyncClient) -> None:
     # Ids are UUIDs across tables: an item's id is no file, key or session of anyone.
     owner = await World.make(app, client, "admin")
     item = await owner.item()

@@ -55,9 +55,7 @@ async def test_many_refreshes_with_one_token_have_one_winner_and_end_the_family(
         answers: list[httpx.Response] = []
         # A connection each, all opened before any request is sent, then released at
         # once: the requests really are in flight together.
-        clients = [
-            httpx.AsyncClient(base_url=server.url, timeout=20) for _ in range(RACERS)
-        ]
+        clients = [httpx.AsyncClient(base_url=server.url, timeout=20) for _ in range(RACERS)]
         try:
             for racer in clients:
                 assert (await racer.get("/health")).status_code == 200
@@ -68,7 +66,10 @@ async def test_many_refreshes_with_one_token_have_one_winner_and_end_the_family(
                 answers.append(
                     await racer.post(
                         "/api/v1/auth/token",
-                        data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+                        data={
+                            "grant_type": "refresh_token",
+                            "refresh_token": first["refresh_token"],
+                        },
                     )
                 )
 
