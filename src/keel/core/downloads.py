@@ -126,8 +126,9 @@ def download_response(
         "ETag": etag,
         "Content-Disposition": content_disposition(filename),
         # Nothing in the file may run, even if a browser were told to render it
-        # (`nosniff` is on every response, from the security headers middleware).
-        "Content-Security-Policy": "default-src 'none'; sandbox",
+        # (`nosniff` is on every response, from the security headers middleware), and
+        # no other site may frame it (ASVS V3.4.6: frame-ancestors on every response).
+        "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; sandbox",
         # The bytes are exactly what the ETag and ranges describe: no proxy (nor Keel's
         # own compression) may transform them.
         "Cache-Control": "private, no-cache, no-transform",

@@ -172,6 +172,9 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     # Alembic narrates every context it opens (readiness checks open one each time).
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+    # At DEBUG, aiosqlite logs every statement with its parameters (password and token
+    # hashes among them), past the redaction: its DEBUG lines never pass.
+    logging.getLogger("aiosqlite").setLevel(max(level, logging.INFO))
 
 
 def redact_mapping(values: MutableMapping[str, Any]) -> dict[str, Any]:

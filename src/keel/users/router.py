@@ -118,15 +118,19 @@ async def read_user(user_id: uuid.UUID, _reader: Reader, db: DbSession) -> Any:
 async def update_user(
     user_id: uuid.UUID,
     body: UserAdminUpdate,
-    _manager: Manager,
+    manager: Manager,
     db: DbSession,
+    passwords: Passwords,
     jobs: Jobs,
     settings: AppSettings,
     revocations: Revocations,
 ) -> Any:
-    """Change any user (admins); deactivation ends the user's sessions at once."""
+    """Change any user (admins); deactivation ends the user's sessions at once. An
+    admin's own e-mail needs `current_password`, as on /users/me."""
     user = await service.get_user(db, user_id)
-    return await service.update_by_admin(db, jobs, settings, revocations, user, body)
+    return await service.update_by_admin(
+        db, passwords, jobs, settings, revocations, manager, user, body
+    )
 
 
 @router.delete("/{user_id}", status_code=204)

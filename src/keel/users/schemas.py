@@ -47,3 +47,5 @@ class UserAdminUpdate(RequestBody):
     role: Annotated[Role, FromText] | None = None
     is_active: bool | None = None
     is_verified: bool | None = None
+    # Needed only when an admin changes their own e-mail here, as on /users/me.
+    current_password: str | None = Field(default=None, max_length=1024)

@@ -65,6 +65,19 @@ async def _update(db: Unit, user: UserRow, values: dict[str, Any]) -> UserRow:
     return updated
 
 
+async def _check_own_email_change(
+    passwords: PasswordHasher, principal: Principal, user: UserRow, current_password: str | None
+) -> None:
+    """A caller changing their own address proves it is them (ASVS V7.5.1): a password
+    sign-in, not an API key, and the current password; 403 otherwise. The address
+    receives password resets, so whoever changes it can take the account."""
+    if principal.via_api_key:
+        raise Forbidden("Changing the e-mail needs a sign-in with a password")
+    matches, _ = await passwords.verify(current_password or "", user["hashed_password"])
+    if not matches:
+        raise Forbidden("The current password is wrong")
+
+
 async def update_self(
     db: Unit,
     passwords: PasswordHasher,
@@ -77,14 +90,9 @@ async def update_self(
     values: dict[str, Any] = {}
     if "full_name" in body.model_fields_set:
         values["full_name"] = body.full_name
-    if body.email is not None and normalise_email(body.email) != user["email"]:
-        if principal.via_api_key:
-            raise Forbidden("Changing the e-mail needs a sign-in with a password")
-        matches, _ = await passwords.verify(body.current_password or "", user["hashed_password"])
-        if not matches:
-            raise Forbidden("The current password is wrong")
     email = _new_email(user, body.email)
     if email is not None:
+        await _check_own_email_change(passwords, principal, user, body.current_password)
         values |= {"email": email, "is_verified": False}
     updated = await _update(db, user, values)
     if email is not None:
@@ -149,9 +157,11 @@ async def create_by_admin(db: Unit, passwords: PasswordHasher, body: UserCreate)
 
 async def update_by_admin(
     db: Unit,
+    passwords: PasswordHasher,
     jobs: JobQueue,
     settings: Settings,
     revocations: SessionRevocations,
+    principal: Principal,
     user: UserRow,
     body: UserAdminUpdate,
 ) -> UserRow:
@@ -165,6 +175,9 @@ async def update_by_admin(
     if "full_name" in body.model_fields_set:
         values["full_name"] = body.full_name
     email = _new_email(user, body.email)
+    if email is not None and user["id"] == principal.user_id:
+        # The admin route is no way around /users/me's rule for one's own address.
+        await _check_own_email_change(passwords, principal, user, body.current_password)
     if email is not None:
         values |= {"email": email, "is_verified": False}
     for field in ("is_verified", "role", "is_active"):
