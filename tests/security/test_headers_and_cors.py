@@ -210,8 +210,12 @@ async def test_look_alike_origins_are_refused(
     world = await World.make(app, client, "user")
     simple = await client.get("/api/v1/users/me", headers={**world.headers, "Origin": origin})
     assert simple.status_code == 200
-    # Without Allow-Origin a browser shows the answer to no script of that origin.
+    # Without Allow-Origin a browser shows the answer to no script of that origin, and
+    # the origin learns nothing of the policy either (no credentials or exposed headers).
     assert "access-control-allow-origin" not in simple.headers, origin
+    assert "access-control-allow-credentials" not in simple.headers, origin
+    assert "access-control-expose-headers" not in simple.headers, origin
+    assert "origin" in simple.headers["vary"].lower()
     preflight = await client.options(
         "/api/v1/users/me",
         headers={

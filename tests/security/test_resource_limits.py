@@ -178,7 +178,8 @@ async def test_json_in_another_charset_is_422_json_invalid(
     # RFC 8259 §8.1: JSON between systems is UTF-8; a body announced otherwise is not
     # read as something else.
     headers = {**admin.headers, "content-type": f"application/json; charset={charset}"}
-    body = '{"title": "日本"}'.encode(charset)
+    title = "日本" if charset != "latin-1" else "Zoë"
+    body = f'{{"title": "{title}"}}'.encode(charset)
     response = await _quick(client, "POST", "/api/v1/items", content=body, headers=headers)
     error = assert_error(response, 422, "VALIDATION_ERROR")
     assert [detail["type"] for detail in error["details"]] == ["json_invalid"], error
@@ -279,15 +280,17 @@ async def test_head_on_a_get_route_answers_like_get_without_a_body(
 
 
 @pytest.mark.parametrize("path", ["/api/v1/items/", "/api/v1/users/me/", "/api/v1/auth/token/"])
-async def test_a_trailing_slash_is_404_not_a_redirect(
+async def test_a_trailing_slash_redirects_on_this_host_only(
     client: httpx.AsyncClient, admin: World, path: str
 ) -> None:
-    # API.md: collection paths have no trailing slash. A redirect would send the
-    # client's credential and body to wherever Location points, and hides mistakes.
+    # API.md: collection paths have no trailing slash. The redirect to the canonical
+    # path is relative: a Location built from the client's Host header could send the
+    # client's credential and body to another host (issue 12, point 7).
     method = "POST" if path.endswith("token/") else "GET"
-    response = await client.request(method, path, headers=admin.headers)
-    assert_error(response, 404, "NOT_FOUND")
-    assert "location" not in response.headers
+    headers = {**admin.headers, "Host": "attacker.example"}
+    response = await client.request(method, path + "?a=1", headers=headers)
+    assert response.status_code == 307
+    assert response.headers["location"] == path.rstrip("/") + "?a=1"
 
 
 def _raw_request(port: int, request: bytes) -> tuple[bytes, float]:

@@ -8,8 +8,9 @@ still incomplete `KEEL_HTTP_HEADER_TIMEOUT_SECONDS` after it began (408), before
 application sees anything. Both answers are in the one error shape, and the connection
 is closed after them.
 
-The bound is checked after each read from the socket, so a head is refused within one
-read (at most 256 KiB) past the limit.
+A head that arrives whole is measured exactly as it is parsed; one still arriving is
+measured after each read from the socket, so it is refused within one read (at most
+256 KiB) past the limit.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def _refusal(status: int, code: str, message: str) -> bytes:
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
+class _HeadTooLarge(Exception):
+    pass
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -64,6 +69,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_deadline: asyncio.TimerHandle | None = None
         self._refused = False
+        self._parsed_head_bytes = 0
+        self._head_too_large = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -84,9 +91,34 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._parsed_head_bytes = 0
         if not self._reading_head:
             self._reading_head = True
             self._start_head_clock()
+
+    # The exact size of a head that arrived whole in one read (which `data_received`
+    # cannot tell from the body after it), counted as the parser hands it over.
+    def on_url(self, url: bytes) -> None:
+        self._count_parsed(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_parsed(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_parsed(self, size: int) -> None:
+        self._parsed_head_bytes += size
+        if self._parsed_head_bytes > self._max_head_bytes:
+            # Stops the parser: Uvicorn answers its errors with send_400_response,
+            # which answers 431 instead (below).
+            self._head_too_large = True
+            raise _HeadTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_too_large:
+            self._refuse(431, "REQUEST_HEADERS_TOO_LARGE", "Request headers too large")
+        else:
+            super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
