@@ -64,11 +64,23 @@ class ItemWrite(BaseModel):
     tags: Tags = Field(default_factory=list)
 
 
+def _not_nullable(schema: dict[str, Any]) -> None:
+    """Document optional fields that refuse null: `{"anyOf": [X, null]}` becomes X."""
+    for field in schema.get("properties", {}).values():
+        variants = [v for v in field.get("anyOf", ()) if v != {"type": "null"}]
+        if len(variants) == 1:
+            del field["anyOf"]
+            field.update(variants[0])
+        if field.get("default", ...) is None:
+            del field["default"]
+
+
 class ItemUpdate(BaseModel):
     """PATCH: only the fields sent change; none of them may be null."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_nullable)
 
+    # None stands for "not sent": null is refused (below), so the schema leaves it out.
     title: Title | None = None
     description: Description | None = None
     status: ItemStatus | None = None

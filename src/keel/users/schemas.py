@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
-from keel.auth.schemas import UserRead
+from keel.auth.schemas import CurrentPassword, NewPassword, UserRead
 from keel.models import Role
 
 __all__ = [
@@ -25,17 +25,17 @@ class UserSelfUpdate(Body):
 
     full_name: str | None = Field(default=None, max_length=200)
     email: EmailStr | None = None
-    current_password: str | None = Field(default=None, max_length=1024)
+    current_password: CurrentPassword | None = None
 
 
 class PasswordChange(Body):
-    current_password: str = Field(max_length=1024)
-    new_password: str = Field(max_length=1024)
+    current_password: CurrentPassword
+    new_password: NewPassword
 
 
 class UserCreate(Body):
     email: EmailStr
-    password: str = Field(max_length=1024)
+    password: NewPassword
     full_name: str | None = Field(default=None, max_length=200)
     role: Role = Role.USER
     is_active: bool = True
