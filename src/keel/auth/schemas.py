@@ -22,6 +22,14 @@ NewPassword = Annotated[
         "not containing the e-mail's local part when that has 3 or more characters.",
     ),
 ]
+# What `format: email` cannot say, said in words: the address must be deliverable.
+Email = Annotated[
+    EmailStr,
+    Field(
+        description="Stored in lower case. Not at a special-use domain (RFC 6761: "
+        "`.test`, `.localhost`, `.invalid`, `.local`...), which cannot receive mail.",
+    ),
+]
 # A password as it was once set: checked against the stored hash, not the policy.
 CurrentPassword = Annotated[str, Field(max_length=1024)]
 
@@ -45,7 +53,7 @@ class UserRead(BaseModel):
 
 
 class RegisterRequest(Body):
-    email: EmailStr
+    email: Email
     password: NewPassword
     full_name: str | None = Field(default=None, max_length=200)
 
@@ -70,7 +78,7 @@ class VerifyEmailRequest(Body):
 
 
 class ForgotPasswordRequest(Body):
-    email: EmailStr
+    email: Email
 
 
 class ResetPasswordRequest(Body):

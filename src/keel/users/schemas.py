@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from keel.auth.schemas import CurrentPassword, NewPassword, UserRead
+from keel.auth.schemas import CurrentPassword, Email, NewPassword, UserRead
 from keel.models import Role
 
 __all__ = [
@@ -24,7 +24,7 @@ class UserSelfUpdate(Body):
     """What a user may change about themselves: never their role."""
 
     full_name: str | None = Field(default=None, max_length=200)
-    email: EmailStr | None = None
+    email: Email | None = None
     current_password: CurrentPassword | None = None
 
 
@@ -34,7 +34,7 @@ class PasswordChange(Body):
 
 
 class UserCreate(Body):
-    email: EmailStr
+    email: Email
     password: NewPassword
     full_name: str | None = Field(default=None, max_length=200)
     role: Role = Role.USER
@@ -44,7 +44,7 @@ class UserCreate(Body):
 
 class UserAdminUpdate(Body):
     full_name: str | None = Field(default=None, max_length=200)
-    email: EmailStr | None = None
+    email: Email | None = None
     role: Role | None = None
     is_active: bool | None = None
     is_verified: bool | None = None
