@@ -189,7 +189,9 @@ async def test_schemathesis_finds_no_failure(
     print(outcome.summary(kind, caller))  # noqa: T201
     assert not outcome.failures, outcome.report()
     assert not outcome.errors, outcome.report()
-    # It ran: every phase generated cases, and stateful scenarios followed links.
+    # It ran: every phase generated cases, and stateful scenarios ran; signed in, they
+    # followed links (one resource's id into the next call).
     assert outcome.cases > 500
     assert outcome.stateful_scenarios > 0
-    assert outcome.links_covered
+    if kind != "anonymous":
+        assert outcome.links_covered
