@@ -31,6 +31,7 @@ from keel.core.middleware.health import HealthMiddleware
 from keel.core.middleware.observability import ObservabilityMiddleware
 from keel.core.middleware.security_headers import SecurityHeadersMiddleware
 from keel.core.middleware.unhandled import UnhandledErrorMiddleware
+from keel.core.openapi import install_openapi
 from keel.core.ratelimit import RateLimitHeadersMiddleware
 from keel.core.routing import mount
 from keel.files.router import router as files_router
@@ -61,6 +62,21 @@ CORS_EXPOSED_HEADERS = [
     "RateLimit-Remaining",
     "RateLimit-Reset",
     "X-Request-ID",
+]
+
+
+# The groups of operations in the OpenAPI document, in the order the docs show them.
+OPENAPI_TAGS = [
+    {
+        "name": "auth",
+        "description": "Registration, the OAuth 2.0 token endpoint, sessions, "
+        "e-mail verification and password reset.",
+    },
+    {"name": "users", "description": "The caller's own account, and user administration."},
+    {"name": "api-keys", "description": "API keys, managed from a password sign-in."},
+    {"name": "items", "description": "Items: lists, conditional writes, idempotency, export."},
+    {"name": "files", "description": "Uploads, downloads with ranges, signed links."},
+    {"name": "operations", "description": "Liveness, readiness and metrics."},
 ]
 
 
@@ -95,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     if openapi_url:
         install_docs(app, openapi_url)
+    install_openapi(app, OPENAPI_TAGS)
 
     install_error_handlers(app)
     install_relative_slash_redirect(app.router)

@@ -15,12 +15,12 @@ from keel.core.deps import AppSettings, Cursors
 from keel.core.pagination import Page, PageParams, page_params
 from keel.core.routing import KeelRoute
 
-router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"], route_class=KeelRoute)
+router = APIRouter(prefix="/api/v1/api-keys", tags=["api-keys"], route_class=KeelRoute)
 
 KeyPage = Annotated[PageParams, Depends(page_params({"created_at": repository.COLUMNS.created_at}))]
 
 
-@router.post("", status_code=201, response_model=ApiKeyCreated)
+@router.post("", status_code=201, response_model=ApiKeyCreated, operation_id="api-keys-create")
 async def create_key(
     body: ApiKeyCreate, principal: PasswordLogin, db: DbSession, settings: AppSettings
 ) -> Any:
@@ -30,7 +30,7 @@ async def create_key(
     )
 
 
-@router.get("", response_model=Page[ApiKeyRead])
+@router.get("", response_model=Page[ApiKeyRead], operation_id="api-keys-list")
 async def list_keys(
     principal: PasswordLogin, db: DbSession, cursors: Cursors, params: KeyPage
 ) -> Any:
@@ -39,7 +39,12 @@ async def list_keys(
     return window.as_page()
 
 
-@router.delete("/{key_id}", status_code=204)
+@router.delete(
+    "/{key_id}",
+    status_code=204,
+    operation_id="api-keys-delete",
+    responses={404: {"description": "No such key of the caller's"}},
+)
 async def delete_key(key_id: uuid.UUID, principal: PasswordLogin, db: DbSession) -> None:
     """Revoke an API key: it stops working at once."""
     await service.revoke(db, principal.user_id, key_id)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keel.core.bodies import RequestBody
+from keel.core.bodies import RequestBody, WholeNumber
 
 
 class ApiKeyCreate(RequestBody):
     name: str = Field(min_length=1, max_length=100)
-    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    expires_in_days: Annotated[int, Field(ge=1, le=3650), WholeNumber] | None = None
 
 
 class ApiKeyRead(BaseModel):

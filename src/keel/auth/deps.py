@@ -25,6 +25,7 @@ from keel.auth.sessions import Issuer
 from keel.core.db import DbSession, Unit
 from keel.core.deps import app_state
 from keel.core.errors import Forbidden, Unauthorized
+from keel.core.openapi import API_KEY, BEARER, OAUTH2, answers, secured_by
 from keel.core.security.access_tokens import AccessTokens, InvalidAccessToken
 from keel.core.security.opaque import token_hash
 from keel.models import Role
@@ -116,6 +117,8 @@ Revocations = Annotated[SessionRevocations, Depends(app_state("revocations"))]
 IssuerDep = Annotated[Issuer, Depends(app_state("issuer"))]
 
 
+@answers(401)
+@secured_by(OAUTH2, BEARER, API_KEY)
 async def authenticate(
     request: Request,
     db: DbSession,
@@ -133,6 +136,9 @@ async def authenticate(
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 
+# An API key sent as a bearer token is refused here too (403), not only X-API-Key.
+@answers(403)
+@secured_by(OAUTH2, BEARER)
 async def _password_login(principal: CurrentPrincipal) -> Principal:
     if principal.via_api_key:
         raise Forbidden("This action needs a sign-in with a password, not an API key")
@@ -146,6 +152,7 @@ PasswordLogin = Annotated[Principal, Depends(_password_login)]
 def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets through only callers whose role has `permission`."""
 
+    @answers(403)
     async def check(principal: CurrentPrincipal) -> Principal:
         if not principal.can(permission):
             raise Forbidden("Your role does not allow this")

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from keel.auth import jobs, repository, service, sessions, token
 from keel.auth.deps import CurrentUser, IssuerDep, PasswordLogin, Revocations
 from keel.auth.schemas import (
+    Accepted,
     ForgotPasswordRequest,
     LogoutRequest,
     RegisterRequest,
@@ -42,7 +43,18 @@ REGISTER_LIMIT = Depends(rate_limited(per_ip("register", lambda limits: limits.r
 EMAIL_LIMIT = Depends(rate_limited(per_ip("email", lambda limits: limits.email_ip)))
 
 
-@router.post("/register", status_code=201, response_model=UserRead, dependencies=[REGISTER_LIMIT])
+@router.post(
+    "/register",
+    status_code=201,
+    response_model=UserRead,
+    operation_id="auth-register",
+    dependencies=[REGISTER_LIMIT],
+    responses={
+        403: {"description": "Registration is closed"},
+        409: {"description": "An account with this e-mail exists"},
+        422: {"description": "Invalid input, or a password the policy refuses"},
+    },
+)
 async def register(
     body: RegisterRequest,
     db: DbSession,
@@ -65,9 +77,10 @@ async def register(
 @router.post(
     "/token",
     response_model=TokenPair,
+    operation_id="auth-token",
     dependencies=[token.TOKEN_LIMITS],
     openapi_extra=token.FORM_SCHEMA,
-    responses={400: {"description": "RFC 6749 §5.2 error"}},
+    responses=token.RESPONSES,
 )
 async def issue_token(
     request: Request, form: token.Form, db: DbSession, passwords: Passwords, issuer: IssuerDep
@@ -76,13 +89,13 @@ async def issue_token(
     return await token.exchange(db, passwords, issuer, form, token.client_of(request))
 
 
-@router.post("/logout", status_code=204)
+@router.post("/logout", status_code=204, operation_id="auth-logout")
 async def logout(body: LogoutRequest, db: DbSession, revocations: Revocations) -> None:
     """End the session of a refresh token (no credentials needed; unknown tokens too)."""
     await sessions.end_by_refresh_token(db, revocations, body.refresh_token)
 
 
-@router.post("/logout-all", status_code=204)
+@router.post("/logout-all", status_code=204, operation_id="auth-logout-all")
 async def logout_all(principal: PasswordLogin, db: DbSession, revocations: Revocations) -> None:
     """End every session of the caller; their access tokens stop working at once."""
     await sessions.end_sessions(
@@ -90,7 +103,7 @@ async def logout_all(principal: PasswordLogin, db: DbSession, revocations: Revoc
     )
 
 
-@router.get("/sessions", response_model=Page[SessionRead])
+@router.get("/sessions", response_model=Page[SessionRead], operation_id="auth-sessions-list")
 async def list_sessions(
     principal: PasswordLogin, db: DbSession, cursors: Cursors, params: SessionPage
 ) -> Any:
@@ -99,7 +112,12 @@ async def list_sessions(
     return window.as_page()
 
 
-@router.delete("/sessions/{session_id}", status_code=204)
+@router.delete(
+    "/sessions/{session_id}",
+    status_code=204,
+    operation_id="auth-sessions-delete",
+    responses={404: {"description": "No such session of the caller's"}},
+)
 async def end_session(
     session_id: uuid.UUID, principal: PasswordLogin, db: DbSession, revocations: Revocations
 ) -> None:
@@ -109,13 +127,24 @@ async def end_session(
         raise NotFound("Session not found")
 
 
-@router.post("/verify-email", status_code=204)
+@router.post(
+    "/verify-email",
+    status_code=204,
+    operation_id="auth-verify-email",
+    responses={400: {"description": "The token is invalid, used or expired"}},
+)
 async def verify_email(body: VerifyEmailRequest, db: DbSession) -> None:
     """Confirm an e-mail address with the token the verification e-mail carried."""
     await service.verify_email(db, body.token)
 
 
-@router.post("/verify-email/request", status_code=202, dependencies=[EMAIL_LIMIT])
+@router.post(
+    "/verify-email/request",
+    status_code=202,
+    response_model=Accepted,
+    operation_id="auth-verify-email-request",
+    dependencies=[EMAIL_LIMIT],
+)
 async def request_verification(
     _principal: PasswordLogin,
     user: CurrentUser,
@@ -128,7 +157,13 @@ async def request_verification(
     return {"status": "accepted"}
 
 
-@router.post("/forgot-password", status_code=202, dependencies=[EMAIL_LIMIT])
+@router.post(
+    "/forgot-password",
+    status_code=202,
+    response_model=Accepted,
+    operation_id="auth-forgot-password",
+    dependencies=[EMAIL_LIMIT],
+)
 async def forgot_password(body: ForgotPasswordRequest, jobs_queue: Jobs) -> dict[str, str]:
     """Send a password-reset e-mail if the account exists; the answer is the same if not."""
     email = service.normalise_email(body.email)
@@ -137,7 +172,15 @@ async def forgot_password(body: ForgotPasswordRequest, jobs_queue: Jobs) -> dict
     return {"status": "accepted"}
 
 
-@router.post("/reset-password", status_code=204)
+@router.post(
+    "/reset-password",
+    status_code=204,
+    operation_id="auth-reset-password",
+    responses={
+        400: {"description": "The token is invalid, used or expired"},
+        422: {"description": "Invalid input, or a password the policy refuses"},
+    },
+)
 async def reset_password(
     body: ResetPasswordRequest,
     db: DbSession,
@@ -158,7 +201,7 @@ jwks_router = APIRouter(tags=["auth"], route_class=KeelRoute)
 Keys = Annotated[KeyRing, Depends(app_state("keys"))]
 
 
-@jwks_router.get("/.well-known/jwks.json")
+@jwks_router.get("/.well-known/jwks.json", operation_id="auth-jwks")
 async def jwks(keys: Keys) -> dict[str, Any]:
     """The public keys that verify access tokens (every key whose tokens may be alive)."""
     return keys.jwks()

@@ -7,10 +7,11 @@ The route (auth/router.py) declares these and returns the token pair.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.datastructures import FormData
 
 from keel.auth import service, sessions
@@ -18,6 +19,7 @@ from keel.auth.schemas import TokenPair
 from keel.core.client_ip import request_client_ip
 from keel.core.db import Unit
 from keel.core.deps import AppSettings, Limiter
+from keel.core.openapi import answers
 from keel.core.ratelimit import ip_key
 from keel.core.request_input import NUL
 from keel.core.routing import Answer
@@ -42,6 +44,29 @@ FORM_SCHEMA = {
             }
         },
     }
+}
+
+
+class OAuthErrorBody(BaseModel):
+    """The token endpoint's refusals (RFC 6749 §5.2), not the common error shape."""
+
+    error: Literal["invalid_request", "invalid_grant", "unsupported_grant_type"]
+    error_description: str
+
+
+_TOKEN_HEADERS = {
+    name: {"required": True, "schema": {"type": "string", "const": value}}
+    for name, value in NO_STORE.items()
+}
+# The token endpoint's own answers; the common ones (413, 429, 503) are added centrally.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A new token pair.", "headers": _TOKEN_HEADERS},
+    400: {
+        "model": OAuthErrorBody,
+        "description": "Refused (RFC 6749 §5.2): bad credentials or token, a missing or "
+        "repeated parameter, another grant type or body type",
+        "headers": _TOKEN_HEADERS,
+    },
 }
 
 
@@ -102,6 +127,7 @@ async def _read_form(request: Request) -> TokenForm:
 Form = Annotated[TokenForm, Depends(_read_form)]
 
 
+@answers(429, 503)
 async def _limit(
     request: Request, response: Response, form: Form, limiter: Limiter, settings: AppSettings
 ) -> None:

@@ -16,6 +16,8 @@ from typing import Annotated, ClassVar
 from fastapi import Depends, Header
 from pydantic import BaseModel
 
+from keel.core.openapi import answers
+
 # One entity tag: optional W/ and a quoted opaque part (RFC 9110 §8.8.3).
 _ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
 
@@ -77,6 +79,7 @@ def parse_if_match(header: str | None) -> IfMatch:
     return IfMatch(frozenset(versions))
 
 
+@answers(412)
 async def _if_match(
     if_match: Annotated[
         str | None,

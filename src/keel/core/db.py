@@ -47,6 +47,7 @@ from sqlalchemy.sql import Executable
 from starlette.types import Scope
 
 from keel.config import Settings
+from keel.core.openapi import answers
 
 Row = dict[str, Any]
 S = TypeVar("S", bound=Executable)
@@ -579,6 +580,7 @@ def run_statements_alone(scope: Scope) -> None:
     scope[_SINGLE_STATEMENT_KEY] = True
 
 
+@answers(503)
 async def _request_unit(request: Request) -> Unit:
     unit: Unit | None = request.scope.get(_UNIT_KEY)
     if unit is None:
@@ -591,6 +593,7 @@ async def _request_unit(request: Request) -> Unit:
     return unit
 
 
+@answers(503)
 async def _app_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database

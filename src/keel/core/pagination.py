@@ -28,6 +28,7 @@ from sqlalchemy.orm import QueryableAttribute
 
 from keel.core.db import Row, Unit, is_prepared, prepared
 from keel.core.errors import BadRequest, ValidationFailed
+from keel.core.openapi import answers
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -181,6 +182,7 @@ def page_params(
         raise ValueError(f"default sort {default!r} is not among {sorts!r}")
     allowed = list(orders)
 
+    @answers(400)  # a cursor that is not one of ours
     async def dependency(
         limit: Annotated[
             int, Query(ge=1, le=MAX_LIMIT, description="Rows per page.")

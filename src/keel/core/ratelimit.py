@@ -41,6 +41,7 @@ from starlette.datastructures import MutableHeaders
 from keel.config import LimitSettings, Settings
 from keel.core.client_ip import request_client_ip
 from keel.core.errors import RateLimited, ServiceUnavailable
+from keel.core.openapi import answers
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -239,6 +240,7 @@ def rate_limited(*rules: RuleBuilder) -> Callable[..., Awaitable[RateLimitDecisi
     """A dependency that enforces these rules before the endpoint (and before any
     credential check it makes): `dependencies=[Depends(rate_limited(per_ip(...)))]`."""
 
+    @answers(429, 503)  # 503: the limiter fails closed when Redis is down
     async def dependency(
         request: Request, response: Response, limiter: RateLimiterDep
     ) -> RateLimitDecision:

@@ -125,6 +125,13 @@ def _tagging(endpoint: Callable[..., Awaitable[Any]], field: str) -> Callable[..
     return tagged
 
 
+_ETAG_HEADER = {
+    "ETag": {
+        "description": 'The current version, quoted: `"3"`.',
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
 _IF_NONE_MATCH_PARAMETER = {
     "name": "If-None-Match",
     "in": "header",
@@ -134,16 +141,32 @@ _IF_NONE_MATCH_PARAMETER = {
 }
 
 
+def _summary_of(endpoint: Callable[..., Any]) -> str | None:
+    """The first line of the endpoint's docstring: its one-line OpenAPI summary (FastAPI
+    would make one of the function's name)."""
+    doc = inspect.getdoc(endpoint)
+    return doc.split("\n", 1)[0].strip() if doc else None
+
+
 class KeelRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not kwargs.get("summary"):
+            kwargs["summary"] = _summary_of(endpoint)
         field: str | None = getattr(kwargs.get("response_model"), "etag_field", None)
         tagged = getattr(endpoint, "keel_tagged", False)
         if field is not None and not tagged and inspect.iscoroutinefunction(endpoint):
             endpoint = _tagging(endpoint, field)
+            responses = dict(kwargs.get("responses") or {})
+            success = kwargs.get("status_code") or 200
+            declared = responses.get(success, {})
+            headers = {**declared.get("headers", {}), **_ETAG_HEADER}
+            responses[success] = {**declared, "headers": headers}
             if _SAFE_METHODS & set(kwargs.get("methods") or ()):
                 extra = dict(kwargs.get("openapi_extra") or {})
                 extra["parameters"] = [*extra.get("parameters", ()), _IF_NONE_MATCH_PARAMETER]
                 kwargs["openapi_extra"] = extra
+                responses[304] = {"description": "Not modified", "headers": _ETAG_HEADER}
+            kwargs["responses"] = responses
         super().__init__(path, endpoint, **kwargs)
 
     # Matching and methods (core/dispatch.py): a fixed path beats a template, HEAD is

@@ -45,15 +45,31 @@ _MULTIPART_BODY: dict[str, Any] = {
         },
     }
 }
+_BYTES = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+_STRONG_ETAG = {
+    "ETag": {
+        "description": "The sha256 of the bytes, quoted.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
 _CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "content": {"application/octet-stream": {}},
+        "content": _BYTES,
         "description": "The whole file (also when several ranges are asked for).",
+        "headers": _STRONG_ETAG,
     },
-    206: {"description": "The one range asked for, with `Content-Range`."},
-    304: {"description": "`If-None-Match` holds the file's ETag (its sha256)."},
+    206: {
+        "content": _BYTES,
+        "description": "The one range asked for, with `Content-Range`.",
+        "headers": _STRONG_ETAG,
+    },
+    304: {"description": "`If-None-Match` holds the file's ETag.", "headers": _STRONG_ETAG},
     404: {"description": "No such file, or not the caller's"},
     416: {"description": "The range starts past the end: `Content-Range: bytes */<size>`."},
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such file, or not the caller's"}
 }
 
 RangeHeader = Annotated[str | None, Header(alias="Range", description="One `bytes=` range.")]
@@ -63,7 +79,7 @@ IfRange = Annotated[
 ]
 
 
-@router.get("", response_model=Page[FileRead])
+@router.get("", response_model=Page[FileRead], operation_id="files-list")
 async def list_files(
     principal: CurrentPrincipal, db: DbSession, cursors: Cursors, params: FilePage
 ) -> Any:
@@ -76,12 +92,25 @@ async def list_files(
     "",
     status_code=201,
     response_model=FileRead,
+    operation_id="files-upload",
     openapi_extra=_MULTIPART_BODY,
     responses={
-        201: {"headers": {"Location": {"description": "The new file."}}},
+        201: {
+            "headers": {
+                "Location": {
+                    "description": "The new file.",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            }
+        },
+        400: {"description": "The multipart body is malformed"},
         409: {"description": "The first request with this Idempotency-Key is still running"},
         413: {"description": "Past the upload limit, or the caller's storage quota"},
         415: {"description": "A type not allowed, or one the content contradicts"},
+        422: {
+            "description": "No `file` field, a bad Idempotency-Key, or one reused with another file"
+        },
     },
 )
 async def upload_file(
@@ -127,7 +156,8 @@ async def upload_file(
 @router.get(
     "/{file_id}",  # noqa: FAST003 - FileDep reads file_id
     response_model=FileRead,
-    responses={404: {"description": "No such file, or not the caller's"}},
+    operation_id="files-get",
+    responses=_NOT_FOUND,
 )
 async def read_file(found: FileDep) -> Any:
     """One file's metadata."""
@@ -163,6 +193,7 @@ async def _send(
 @router.get(
     "/{file_id}/content",  # noqa: FAST003 - FileDep reads file_id
     response_class=Response,
+    operation_id="files-content",
     responses=_CONTENT_RESPONSES,
 )
 async def download_file(
@@ -180,9 +211,13 @@ async def download_file(
 @router.get(
     "/{file_id}/download",
     response_class=Response,
+    operation_id="files-download",
     responses={
         **_CONTENT_RESPONSES,
-        307: {"description": "On S3: to the store's presigned URL for the bytes"},
+        307: {
+            "description": "On S3: to the store's presigned URL for the bytes",
+            "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+        },
         403: {"description": "The link has expired, or was altered"},
         404: {"description": "The file has been deleted"},
     },
@@ -212,7 +247,8 @@ async def download_by_link(
 @router.post(
     "/{file_id}/link",  # noqa: FAST003 - FileDep reads file_id
     response_model=LinkRead,
-    responses={404: {"description": "No such file, or not the caller's"}},
+    operation_id="files-link",
+    responses=_NOT_FOUND,
 )
 async def link_file(
     found: FileDep,
@@ -229,6 +265,7 @@ async def link_file(
 @router.delete(
     "/{file_id}",
     status_code=204,
+    operation_id="files-delete",
     responses={
         403: {"description": "A moderator deleting someone else's file"},
         404: {"description": "No such file, or not the caller's"},

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from keel.core.bodies import RequestBody
+from keel.core.bodies import RequestBody, WholeNumber
 
 MAX_LINK_SECONDS = 86_400
 
@@ -25,9 +26,11 @@ class FileRead(BaseModel):
 
 
 class LinkRequest(RequestBody):
-    expires_in: int = Field(
-        default=300, ge=1, le=MAX_LINK_SECONDS, description="Seconds the link works."
-    )
+    expires_in: Annotated[
+        int,
+        Field(ge=1, le=MAX_LINK_SECONDS, description="Seconds the link works."),
+        WholeNumber,
+    ] = 300
 
 
 class LinkRead(BaseModel):

@@ -34,7 +34,7 @@ class Readiness(BaseModel):
     checks: dict[str, CheckResult]
 
 
-@router.get("/health", response_model=Health)
+@router.get("/health", response_model=Health, operation_id="operations-health")
 async def health() -> Response:
     """Liveness: answers while the process runs, touching no dependency."""
     # Pre-encoded: this is what load balancers call most, and it never changes.
@@ -44,6 +44,7 @@ async def health() -> Response:
 @router.get(
     "/ready",
     response_model=Readiness,
+    operation_id="operations-ready",
     responses={503: {"model": Readiness, "description": "A dependency is not ready"}},
 )
 async def ready(database: AppDatabase, redis: RedisClient) -> JSONResponse:
@@ -58,7 +59,18 @@ async def ready(database: AppDatabase, redis: RedisClient) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=Response, responses={401: {}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    operation_id="operations-metrics",
+    responses={
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Prometheus' text format.",
+        },
+        401: {"description": "KEEL_METRICS_TOKEN is set and was not sent as a bearer token"},
+    },
+)
 async def metrics(
     settings: AppSettings,
     registry: MetricsRegistry,

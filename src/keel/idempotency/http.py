@@ -11,6 +11,7 @@ from fastapi import Header, Request, Response
 from keel.auth.deps import CurrentPrincipal, Principal
 from keel.core.db import AppDatabase, Database, DbSession, Unit
 from keel.core.errors import ValidationFailed
+from keel.core.openapi import answers
 from keel.core.routing import Answer, on_response
 from keel.idempotency import repository, service
 from keel.idempotency.repository import RecordRow
@@ -46,6 +47,8 @@ IdempotencyKey = Annotated[
     Header(
         alias="Idempotency-Key",
         description="Retry safely: the same key and body replay the first response.",
+        # Checked by check_key (a 422 in the details API.md gives), documented here.
+        json_schema_extra={"pattern": f"^{_KEY.pattern}$", "minLength": 1, "maxLength": 255},
     ),
 ]
 
@@ -104,6 +107,7 @@ def idempotent(scope: str) -> Callable[..., Awaitable[None]]:
     """A dependency honouring `Idempotency-Key` for one JSON endpoint (`scope` names
     it); the body's fingerprint is its JSON, compared by content."""
 
+    @answers(409)  # the first request with this key is still running
     async def dependency(
         request: Request,
         principal: CurrentPrincipal,

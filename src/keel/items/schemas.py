@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    ConfigDict,
     Field,
     StringConstraints,
     model_validator,
@@ -61,9 +62,23 @@ class ItemWrite(RequestBody):
     tags: Tags = Field(default_factory=list)
 
 
+def _not_nullable(schema: dict[str, Any]) -> None:
+    """Document optional fields that refuse null: `{"anyOf": [X, null]}` becomes X."""
+    for field in schema.get("properties", {}).values():
+        variants = [v for v in field.get("anyOf", ()) if v != {"type": "null"}]
+        if len(variants) == 1:
+            del field["anyOf"]
+            field.update(variants[0])
+        if field.get("default", ...) is None:
+            del field["default"]
+
+
 class ItemUpdate(RequestBody):
     """PATCH: only the fields sent change; none of them may be null."""
 
+    model_config = ConfigDict(json_schema_extra=_not_nullable)
+
+    # None stands for "not sent": null is refused (below), so the schema leaves it out.
     title: Title | None = None
     description: Description | None = None
     status: Annotated[ItemStatus, FromText] | None = None

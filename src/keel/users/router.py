@@ -33,17 +33,29 @@ UserPage = Annotated[
         )
     ),
 ]
+_ADMIN_CONFLICTS: dict[int | str, dict[str, Any]] = {
+    409: {"description": "The last active admin, or an e-mail another account has"}
+}
+
 Reader = Annotated[CurrentPrincipal, Depends(require(Permission.USERS_READ))]
 Manager = Annotated[CurrentPrincipal, Depends(require(Permission.USERS_MANAGE))]
 
 
-@router.get("/me", response_model=UserRead)
+@router.get("/me", response_model=UserRead, operation_id="users-me-get")
 async def read_me(user: CurrentUser) -> Any:
     """The caller's account."""
     return user
 
 
-@router.patch("/me", response_model=UserRead)
+@router.patch(
+    "/me",
+    response_model=UserRead,
+    operation_id="users-me-update",
+    responses={
+        403: {"description": "An e-mail change without the right `current_password`"},
+        409: {"description": "Another account has this e-mail"},
+    },
+)
 async def update_me(
     body: UserSelfUpdate,
     principal: CurrentPrincipal,
@@ -57,7 +69,15 @@ async def update_me(
     return await service.update_self(db, passwords, jobs, settings, principal, user, body)
 
 
-@router.post("/me/password", status_code=204)
+@router.post(
+    "/me/password",
+    status_code=204,
+    operation_id="users-me-password",
+    responses={
+        403: {"description": "The current password is wrong, or the caller used an API key"},
+        422: {"description": "Invalid input, or a new password the policy refuses"},
+    },
+)
 async def change_password(
     body: PasswordChange,
     principal: PasswordLogin,
@@ -73,7 +93,12 @@ async def change_password(
     )
 
 
-@router.delete("/me", status_code=204)
+@router.delete(
+    "/me",
+    status_code=204,
+    operation_id="users-me-delete",
+    responses={409: {"description": "The caller is the last active admin"}},
+)
 async def delete_me(
     _principal: PasswordLogin,
     user: CurrentUser,
@@ -85,7 +110,7 @@ async def delete_me(
     await service.delete_user(db, jobs, revocations, user)
 
 
-@router.get("", response_model=Page[UserRead])
+@router.get("", response_model=Page[UserRead], operation_id="users-list")
 async def list_users(
     _reader: Reader,
     db: DbSession,
@@ -100,7 +125,16 @@ async def list_users(
     return window.as_page()
 
 
-@router.post("", status_code=201, response_model=UserRead)
+@router.post(
+    "",
+    status_code=201,
+    response_model=UserRead,
+    operation_id="users-create",
+    responses={
+        409: {"description": "An account with this e-mail exists"},
+        422: {"description": "Invalid input, or a password the policy refuses"},
+    },
+)
 async def create_user(
     body: UserCreate, _manager: Manager, db: DbSession, passwords: Passwords
 ) -> Any:
@@ -108,13 +142,18 @@ async def create_user(
     return await service.create_by_admin(db, passwords, body)
 
 
-@router.get("/{user_id}", response_model=UserRead)
+@router.get("/{user_id}", response_model=UserRead, operation_id="users-get")
 async def read_user(user_id: uuid.UUID, _reader: Reader, db: DbSession) -> Any:
     """Read any user (moderators and admins)."""
     return await service.get_user(db, user_id)
 
 
-@router.patch("/{user_id}", response_model=UserRead)
+@router.patch(
+    "/{user_id}",
+    response_model=UserRead,
+    operation_id="users-update",
+    responses=_ADMIN_CONFLICTS,
+)
 async def update_user(
     user_id: uuid.UUID,
     body: UserAdminUpdate,
@@ -125,15 +164,18 @@ async def update_user(
     settings: AppSettings,
     revocations: Revocations,
 ) -> Any:
-    """Change any user (admins); deactivation ends the user's sessions at once. An
-    admin's own e-mail needs `current_password`, as on /users/me."""
+    """Change any user (admins); deactivation ends the user's sessions at once.
+
+    An admin's own e-mail needs `current_password`, as on /users/me."""
     user = await service.get_user(db, user_id)
     return await service.update_by_admin(
         db, passwords, jobs, settings, revocations, manager, user, body
     )
 
 
-@router.delete("/{user_id}", status_code=204)
+@router.delete(
+    "/{user_id}", status_code=204, operation_id="users-delete", responses=_ADMIN_CONFLICTS
+)
 async def delete_user(
     user_id: uuid.UUID, _manager: Manager, db: DbSession, jobs: Jobs, revocations: Revocations
 ) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import EmailStr, Field
+from pydantic import Field
 
-from keel.auth.schemas import UserRead
+from keel.auth.schemas import CurrentPassword, Email, NewPassword, UserRead
 from keel.core.bodies import FromText, RequestBody
 from keel.models import Role
 
@@ -23,18 +23,18 @@ class UserSelfUpdate(RequestBody):
     """What a user may change about themselves: never their role."""
 
     full_name: str | None = Field(default=None, max_length=200)
-    email: EmailStr | None = None
-    current_password: str | None = Field(default=None, max_length=1024)
+    email: Email | None = None
+    current_password: CurrentPassword | None = None
 
 
 class PasswordChange(RequestBody):
-    current_password: str = Field(max_length=1024)
-    new_password: str = Field(max_length=1024)
+    current_password: CurrentPassword
+    new_password: NewPassword
 
 
 class UserCreate(RequestBody):
-    email: EmailStr
-    password: str = Field(max_length=1024)
+    email: Email
+    password: NewPassword
     full_name: str | None = Field(default=None, max_length=200)
     role: Annotated[Role, FromText] = Role.USER
     is_active: bool = True
@@ -43,9 +43,9 @@ class UserCreate(RequestBody):
 
 class UserAdminUpdate(RequestBody):
     full_name: str | None = Field(default=None, max_length=200)
-    email: EmailStr | None = None
+    email: Email | None = None
     role: Annotated[Role, FromText] | None = None
     is_active: bool | None = None
     is_verified: bool | None = None
     # Needed only when an admin changes their own e-mail here, as on /users/me.
-    current_password: str | None = Field(default=None, max_length=1024)
+    current_password: CurrentPassword | None = None
