@@ -65,6 +65,7 @@ class Outcome:
     api_metrics: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
     jobs_metrics: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
     uncertain_creates: int = 0
+    client_cpu: float = 0.0  # this process's CPU seconds in the measured window
     # Uvicorn's lines for workers it replaced, before and after the load started.
     startup_replacements: list[str] = field(default_factory=list)
     load_replacements: list[str] = field(default_factory=list)
@@ -157,23 +158,57 @@ async def _quiet_rss(gate: Gate, processes: list[Process]) -> dict[int, int]:
     return await asyncio.to_thread(rss_snapshot, processes)
 
 
+async def _admin(plan: Plan, caller: Caller) -> Account:
+    pair = await caller.sign_in("setup_login", plan.admin_email, plan.password)
+    if pair is None:
+        raise RuntimeError("the first admin could not sign in")
+    me = await caller.call(
+        "setup_me", "GET", "/api/v1/users/me", frozenset({200}), token=pair["access_token"]
+    )
+    if me is None or me.status_code != 200:
+        raise RuntimeError("the first admin could not read /users/me")
+    admin = Account(plan.admin_email, me.json()["id"], role="admin")
+    admin.access_token = caller.token = pair["access_token"]
+    admin.refresh_token, admin.token_at = pair["refresh_token"], time.monotonic()
+    return admin
+
+
+def _side_tasks(
+    plan: Plan,
+    stats: Stats,
+    gate: Gate,
+    stop: asyncio.Event,
+    boss: Admin,
+    anonymous: Caller,
+    mailbox: MailBox,
+    joined: list[Newcomer],
+) -> list[asyncio.Task[None]]:
+    """The admin, the probes and the newcomers."""
+
+    async def admin() -> None:
+        await boss.run(gate, stop, plan.admin_think)
+
+    async def probing() -> None:
+        await probes(anonymous, stats, gate, stop, plan.metrics_token)
+
+    async def joining() -> None:
+        await newcomers(
+            anonymous, stats, gate, stop, mailbox, plan.register_every, plan.password, joined
+        )
+
+    return [
+        asyncio.create_task(_guarded(stats, name, work))
+        for name, work in (("admin", admin), ("probes", probing), ("newcomers", joining))
+    ]
+
+
 async def drive(plan: Plan) -> Outcome:
     result = Outcome()
     stats = result.stats
     gate, stop = Gate(), asyncio.Event()
     admin_caller = Caller(new_client(plan.base_url), stats)
     anonymous = Caller(new_client(plan.base_url), stats)
-    pair = await admin_caller.sign_in("setup_login", plan.admin_email, plan.password)
-    if pair is None:
-        raise RuntimeError("the first admin could not sign in")
-    me = await admin_caller.call(
-        "setup_me", "GET", "/api/v1/users/me", frozenset({200}), token=pair["access_token"]
-    )
-    assert me is not None  # noqa: S101 - a transport error was raised as a failure above
-    admin = Account(plan.admin_email, me.json()["id"], role="admin")
-    admin.access_token = admin_caller.token = pair["access_token"]
-    admin.refresh_token, admin.token_at = pair["refresh_token"], time.monotonic()
-
+    admin = await _admin(plan, admin_caller)
     made = await _make_accounts(plan, admin_caller, stats)
     accounts = [account for account, _ in made]
     users = [
@@ -188,38 +223,14 @@ async def drive(plan: Plan) -> Outcome:
 
     boss = Admin(admin, admin_caller, stats, accounts, plan.seed)
     tasks += [asyncio.create_task(_loop(stats, gate, stop, vu, plan.think)) for vu in users]
-    tasks += [
-        asyncio.create_task(
-            _guarded(stats, "admin", lambda: boss.run(gate, stop, plan.admin_think))
-        ),
-        asyncio.create_task(
-            _guarded(
-                stats, "probes", lambda: probes(anonymous, stats, gate, stop, plan.metrics_token)
-            )
-        ),
-        asyncio.create_task(
-            _guarded(
-                stats,
-                "newcomers",
-                lambda: newcomers(
-                    anonymous,
-                    stats,
-                    gate,
-                    stop,
-                    mailbox,
-                    plan.register_every,
-                    plan.password,
-                    result.newcomers,
-                ),
-            )
-        ),
-    ]
+    tasks += _side_tasks(plan, stats, gate, stop, boss, anonymous, mailbox, result.newcomers)
     stats.phase = "warmup"
     await asyncio.sleep(plan.warmup)
 
     result.processes = server_processes(plan.serve_pid, plan.jobs_pid)
     result.rss_warm = await _quiet_rss(gate, result.processes)
     cpu_before = {p.pid: own_cpu_seconds(p.pid) for p in result.processes}
+    client_before = time.process_time()
     stats.start_measuring()
     gate.open()
     await asyncio.sleep(plan.duration)
@@ -227,6 +238,7 @@ async def drive(plan: Plan) -> Outcome:
     await gate.close()
     stats.stop_measuring("verify")
     result.cpu = {p.pid: own_cpu_seconds(p.pid) - cpu_before[p.pid] for p in result.processes}
+    result.client_cpu = time.process_time() - client_before
     result.processes_end = server_processes(plan.serve_pid, plan.jobs_pid)
     result.rss_end = await _quiet_rss(gate, result.processes)
 
@@ -236,20 +248,15 @@ async def drive(plan: Plan) -> Outcome:
     async with asyncio.timeout(120):
         await asyncio.gather(*tasks)
     result.uncertain_creates = sum(vu.uncertain_creates for vu in users)
+    callers = [vu.caller for vu in users]
     await verify_writes(
-        accounts,
-        [vu.caller for vu in users],
-        admin_caller,
-        result.newcomers,
-        mailbox,
-        stats,
-        result.checked,
+        accounts, callers, admin_caller, result.newcomers, mailbox, stats, result.checked
     )
     mailbox.scan()
     result.mails = mailbox.messages
     result.api_metrics = await _scrape(admin_caller, plan.base_url + "/metrics", plan.metrics_token)
     result.jobs_metrics = await _scrape(admin_caller, plan.metrics_url, None)
-    for caller in [admin_caller, anonymous, *(vu.caller for vu in users)]:
+    for caller in [admin_caller, anonymous, *callers]:
         with contextlib.suppress(httpx.HTTPError):
             await caller.client.aclose()
     return result

@@ -209,6 +209,11 @@ def _memory(result: Outcome) -> None:
             f"**{end / warm if warm else float('nan'):.3f}** | | |"
         )
     out()
+    out(
+        f"The load generator (this one process) used {result.client_cpu:.0f} CPU s in the "
+        f"measured window ({100 * result.client_cpu / seconds:.0f}% of a core)."
+    )
+    out()
 
 
 def _failures(result: Outcome) -> None:
