@@ -18,7 +18,7 @@ import httpx
 from soak_http import CREATED, Caller, new_client
 from soak_ledger import Account, Gate, Newcomer
 from soak_others import Admin, MailBox, nap, newcomers, probes
-from soak_procs import Process, own_cpu_seconds, parse_metrics, rss_snapshot, server_processes
+from soak_procs import Process, cpu_since, parse_metrics, rss_snapshot, server_processes
 from soak_realtime import RealtimeClient
 from soak_stats import Stats
 from soak_users import VirtualUser
@@ -229,7 +229,7 @@ async def drive(plan: Plan) -> Outcome:
 
     result.processes = server_processes(plan.serve_pid, plan.jobs_pid)
     result.rss_warm = await _quiet_rss(gate, result.processes)
-    cpu_before = {p.pid: own_cpu_seconds(p.pid) for p in result.processes}
+    cpu_before = cpu_since({p.pid: 0.0 for p in result.processes})
     client_before = time.process_time()
     stats.start_measuring()
     gate.open()
@@ -237,7 +237,7 @@ async def drive(plan: Plan) -> Outcome:
 
     await gate.close()
     stats.stop_measuring("verify")
-    result.cpu = {p.pid: own_cpu_seconds(p.pid) - cpu_before[p.pid] for p in result.processes}
+    result.cpu = cpu_since(cpu_before)
     result.client_cpu = time.process_time() - client_before
     result.processes_end = server_processes(plan.serve_pid, plan.jobs_pid)
     result.rss_end = await _quiet_rss(gate, result.processes)

@@ -59,13 +59,19 @@ def rss_snapshot(processes: list[Process], samples: int = 5, every: float = 1.0)
     return {pid: int(statistics.median(values)) for pid, values in reads.items()}
 
 
-def own_cpu_seconds(pid: int) -> float:
-    """User + system CPU of this one process (not its children); 0 once it is gone."""
+def own_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of this one process (not its children); None once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_since(before: dict[int, float]) -> dict[int, float]:
+    """CPU seconds each process used since `before` was read (processes gone: left out)."""
+    used = {pid: own_cpu_seconds(pid) for pid in before}
+    return {pid: now - before[pid] for pid, now in used.items() if now is not None}
 
 
 def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

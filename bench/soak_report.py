@@ -196,10 +196,11 @@ def _memory(result: Outcome) -> None:
     seconds = result.stats.measured_seconds
     for process in result.processes:
         warm, end = result.rss_warm[process.pid], result.rss_end[process.pid]
-        cpu = result.cpu.get(process.pid, 0.0)
+        cpu = result.cpu.get(process.pid)
+        used = "gone | gone" if cpu is None else f"{cpu:.1f} | {100 * cpu / seconds:.0f}%"
         out(
             f"| {process.role} | {process.pid} | {_mib(warm)} | {_mib(end)} | "
-            f"{end / warm if warm else float('nan'):.3f} | {cpu:.1f} | {100 * cpu / seconds:.0f}% |"
+            f"{end / warm if warm else float('nan'):.3f} | {used} |"
         )
     for group, pids in rss_groups(result):
         warm = sum(result.rss_warm[pid] for pid in pids)
