@@ -268,6 +268,30 @@ def tree_rss_kib(pid: int) -> int:
     return sum(rss_kib(member) for member in process_tree(pid))
 
 
+def socket_inodes(pid: int) -> set[int]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(fd.readlink())
+            if target.startswith("socket:["):
+                found.add(int(target[8:-1]))
+    return found
+
+
+def established_on(port: int, *, remote: bool = False) -> set[int]:
+    """Inodes of the established TCP sockets whose local port (or, with `remote`, whose
+    peer's port) is `port`."""
+    found = set()
+    column = 2 if remote else 1  # rem_address or local_address, as "<hex ip>:<hex port>"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                parts = line.split()
+                if parts[3] == "01" and int(parts[column].rsplit(":", 1)[1], 16) == port:
+                    found.add(int(parts[9]))
+    return found
+
+
 def uvicorn_workers(master: int) -> list[int]:
     """The worker processes of a `keel serve --workers N` (multiprocessing spawn children)."""
     workers = []

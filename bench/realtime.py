@@ -126,6 +126,7 @@ from keel_bench import (
     KeelServer,
     Server,
     cpu_seconds,
+    established_on,
     free_port,
     keel,
     load_average,
@@ -137,6 +138,7 @@ from keel_bench import (
     rss_kib,
     say,
     sign_in,
+    socket_inodes,
     uvicorn_workers,
 )
 from websockets.asyncio.client import ClientConnection, connect
@@ -937,28 +939,6 @@ class LatencyResult:
     @property
     def refused(self) -> int:
         return sum(r.refused for r in self.receivers_out)
-
-
-def socket_inodes(pid: int) -> set[int]:
-    found = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = str(fd.readlink())
-            if target.startswith("socket:["):
-                found.add(int(target[8:-1]))
-    return found
-
-
-def established_on(port: int) -> set[int]:
-    """Inodes of the established TCP sockets whose local port is `port`."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                parts = line.split()
-                if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    found.add(int(parts[9]))
-    return found
 
 
 @contextlib.contextmanager

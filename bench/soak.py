@@ -9,7 +9,8 @@ a secret key and a metrics token made for the run), on a fresh PostgreSQL databa
 the end) and Redis (`--redis-url`, under a key prefix of its own whose keys are
 deleted at the end), with `keel worker` running the jobs, files in a temporary folder,
 the first admin from `KEEL_FIRST_ADMIN_*`, generous sign-in and registration limits,
-and the periodic jobs (token purge, storage sweep) every 60 s so that they run.
+and the periodic jobs (token purge, storage sweep) every 60 s (`--sweep-every`) so
+that they run under the load.
 
 The load (one asyncio client process; see soak_users.py, soak_others.py,
 soak_realtime.py): `--users` virtual users, each on its own account and connections,
@@ -50,6 +51,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 import uvloop
 from cryptography.hazmat.primitives import serialization
@@ -57,6 +59,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from keel_bench import (
     KEEL,
     PASSWORD,
+    PG_SERVER,
     REPO,
     Database,
     Server,
@@ -92,6 +95,12 @@ def arguments() -> argparse.Namespace:
     add("--reconnect-every", type=float, default=45.0, help="mean life of a WebSocket, s")
     add("--publish-every", type=float, default=2.0, help="mean pause between messages, s")
     add("--register-every", type=float, default=10.0, help="seconds between newcomers")
+    add(
+        "--sweep-every",
+        type=int,
+        default=60,
+        help="seconds between the periodic jobs (token purge, storage sweep); default 60",
+    )
     add("--workers", type=int, default=2, help="keel serve --workers")
     add("--seed", type=int, default=1)
     add("--db", default="keel_bench_soak", help="throwaway database (keel_bench_*)")
@@ -119,7 +128,9 @@ def signing_key(folder: Path) -> Path:
     return path
 
 
-def soak_env(folder: Path, database: Database, redis_url: str, prefix: str) -> dict[str, str]:
+def soak_env(
+    folder: Path, database: Database, redis_url: str, prefix: str, periodic: int
+) -> dict[str, str]:
     """Production settings; nothing of the caller's KEEL_* (and no .env: the servers run
     from the data folder)."""
     env = {
@@ -145,8 +156,8 @@ def soak_env(folder: Path, database: Database, redis_url: str, prefix: str) -> d
         KEEL_LIMIT_TOKEN_IP=GENEROUS,
         KEEL_LIMIT_REGISTER_IP=GENEROUS,
         KEEL_LIMIT_EMAIL_IP=GENEROUS,
-        KEEL_JOBS_PURGE_INTERVAL_SECONDS="60",
-        KEEL_STORAGE_SWEEP_INTERVAL_SECONDS="60",
+        KEEL_JOBS_PURGE_INTERVAL_SECONDS=str(periodic),
+        KEEL_STORAGE_SWEEP_INTERVAL_SECONDS=str(periodic),
     )
     (folder / "data").mkdir()
     return env
@@ -180,7 +191,7 @@ def run(args: argparse.Namespace, folder: Path) -> tuple[Outcome, dict[str, list
         Database(args.db, keep=args.keep_db) as database,
         redis_prefix(args.redis_url) as prefix,
     ):
-        env = soak_env(Path(tmp), database, args.redis_url, prefix)
+        env = soak_env(Path(tmp), database, args.redis_url, prefix, args.sweep_every)
         keel(env, "db", "upgrade")
         port, jobs_port = free_port(), free_port()
         env["KEEL_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
@@ -208,6 +219,11 @@ def run(args: argparse.Namespace, folder: Path) -> tuple[Outcome, dict[str, list
                 mail_folder=data / "mail",
                 serve_pid=server.pid,
                 jobs_pid=jobs.pid,
+                ports={
+                    "postgres": urlsplit(PG_SERVER).port or 5432,
+                    "redis": urlsplit(args.redis_url).port or 6379,
+                    "clients": port,
+                },
                 duration=args.duration,
                 warmup=args.warmup,
                 users=args.users,
@@ -265,8 +281,9 @@ def main() -> int:
                     f"{phase} {kind}": dict(counts)
                     for (phase, kind), counts in outcome.stats.statuses.items()
                 },
-                "rss_warm": outcome.rss_warm,
-                "rss_end": outcome.rss_end,
+                "after_warmup": {pid: asdict(m) for pid, m in outcome.warm.items()},
+                "end": {pid: asdict(m) for pid, m in outcome.end.items()},
+                "rss_series": outcome.series,
                 "processes": [asdict(p) for p in outcome.processes],
             },
             indent=1,

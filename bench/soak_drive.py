@@ -18,7 +18,15 @@ import httpx
 from soak_http import CREATED, Caller, new_client
 from soak_ledger import Account, Gate, Newcomer
 from soak_others import Admin, MailBox, nap, newcomers, probes
-from soak_procs import Process, cpu_since, parse_metrics, rss_snapshot, server_processes
+from soak_procs import (
+    Memory,
+    Process,
+    RssSeries,
+    cpu_since,
+    parse_metrics,
+    server_processes,
+    snapshot,
+)
 from soak_realtime import RealtimeClient
 from soak_stats import Stats
 from soak_users import VirtualUser
@@ -37,6 +45,7 @@ class Plan:
     mail_folder: Path
     serve_pid: int
     jobs_pid: int
+    ports: dict[str, int]  # postgres, redis, clients (the server's)
     duration: float
     warmup: float
     users: int
@@ -56,8 +65,9 @@ class Outcome:
     checked: Checked = field(default_factory=Checked)
     processes: list[Process] = field(default_factory=list)
     processes_end: list[Process] = field(default_factory=list)
-    rss_warm: dict[int, int] = field(default_factory=dict)
-    rss_end: dict[int, int] = field(default_factory=dict)
+    warm: dict[int, Memory] = field(default_factory=dict)  # after the warm-up
+    end: dict[int, Memory] = field(default_factory=dict)
+    series: list[tuple[float, dict[int, int]]] = field(default_factory=list)
     cpu: dict[int, float] = field(default_factory=dict)
     clients: list[RealtimeClient] = field(default_factory=list)
     newcomers: list[Newcomer] = field(default_factory=list)
@@ -152,10 +162,10 @@ def _realtime_clients(
     return made
 
 
-async def _quiet_rss(gate: Gate, processes: list[Process]) -> dict[int, int]:
+async def _quiet_snapshot(gate: Gate, plan: Plan, processes: list[Process]) -> dict[int, Memory]:
     await gate.close()
     await asyncio.sleep(SETTLE_SECONDS)
-    return await asyncio.to_thread(rss_snapshot, processes)
+    return await asyncio.to_thread(snapshot, processes, plan.ports)
 
 
 async def _admin(plan: Plan, caller: Caller) -> Account:
@@ -225,10 +235,12 @@ async def drive(plan: Plan) -> Outcome:
     tasks += [asyncio.create_task(_loop(stats, gate, stop, vu, plan.think)) for vu in users]
     tasks += _side_tasks(plan, stats, gate, stop, boss, anonymous, mailbox, result.newcomers)
     stats.phase = "warmup"
+    series = RssSeries(server_processes(plan.serve_pid, plan.jobs_pid))
+    series.start()
     await asyncio.sleep(plan.warmup)
 
     result.processes = server_processes(plan.serve_pid, plan.jobs_pid)
-    result.rss_warm = await _quiet_rss(gate, result.processes)
+    result.warm = await _quiet_snapshot(gate, plan, result.processes)
     cpu_before = cpu_since({p.pid: 0.0 for p in result.processes})
     client_before = time.process_time()
     stats.start_measuring()
@@ -240,7 +252,9 @@ async def drive(plan: Plan) -> Outcome:
     result.cpu = cpu_since(cpu_before)
     result.client_cpu = time.process_time() - client_before
     result.processes_end = server_processes(plan.serve_pid, plan.jobs_pid)
-    result.rss_end = await _quiet_rss(gate, result.processes)
+    result.end = await _quiet_snapshot(gate, plan, result.processes)
+    series.stop()
+    result.series = series.samples
 
     await verify_realtime(result.clients, [*accounts, admin], stats, result.checked)
     stop.set()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import re
 import statistics
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from keel_bench import process_tree, rss_kib, uvicorn_workers
+from keel_bench import established_on, process_tree, rss_kib, socket_inodes, uvicorn_workers
 
 _SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -47,16 +48,87 @@ def _name(pid: int) -> str:
         return "?"
 
 
-def rss_snapshot(processes: list[Process], samples: int = 5, every: float = 1.0) -> dict[int, int]:
-    """VmRSS of each process in KiB: the median of `samples` reads `every` seconds apart
-    (blocking: called while the load is paused)."""
-    reads: dict[int, list[int]] = {p.pid: [] for p in processes}
+@dataclass(frozen=True)
+class Memory:
+    """One process's memory (KiB) and connections at one moment."""
+
+    rss: int = 0  # VmRSS = anon + file + shmem
+    anon: int = 0
+    file: int = 0  # file-backed pages: code, shared libraries, mmapped files
+    shmem: int = 0
+    postgres: int = 0  # established connections to PostgreSQL's port
+    redis: int = 0
+    clients: int = 0  # established connections from clients (HTTP and WebSocket)
+
+
+_FIELDS = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    found = dict.fromkeys(_FIELDS.values(), 0)
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name = _FIELDS.get(line.split(":", 1)[0] + ":")
+            if name is not None:
+                found[name] = int(line.split()[1])
+    except OSError:
+        pass
+    return found
+
+
+def snapshot(
+    processes: list[Process], ports: dict[str, int], samples: int = 5, every: float = 1.0
+) -> dict[int, Memory]:
+    """Each process's memory, the median of `samples` reads `every` seconds apart, and its
+    connections (blocking: called while the load is paused). `ports`: postgres, redis,
+    and the server's own (clients)."""
+    reads: dict[int, list[dict[str, int]]] = {p.pid: [] for p in processes}
     for n in range(samples):
         if n:
             time.sleep(every)
         for process in processes:
-            reads[process.pid].append(rss_kib(process.pid))
-    return {pid: int(statistics.median(values)) for pid, values in reads.items()}
+            reads[process.pid].append(memory_kib(process.pid))
+    sockets = {
+        "postgres": established_on(ports["postgres"], remote=True),
+        "redis": established_on(ports["redis"], remote=True),
+        "clients": established_on(ports["clients"]),
+    }
+    found = {}
+    for pid, values in reads.items():
+        mine = socket_inodes(pid) if Path(f"/proc/{pid}").exists() else set()
+        found[pid] = Memory(
+            **{k: int(statistics.median(v[k] for v in values)) for k in _FIELDS.values()},
+            **{k: len(mine & inodes) for k, inodes in sockets.items()},
+        )
+    return found
+
+
+class RssSeries:
+    """VmRSS of each process every `every` seconds, in a thread, while the load runs
+    (Argon2 hashes in flight included: the quiet snapshots are what is judged)."""
+
+    def __init__(self, processes: list[Process], every: float = 5.0) -> None:
+        self.processes = processes
+        self.every = every
+        self.samples: list[tuple[float, dict[int, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="soak-rss", daemon=True)
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            at = time.monotonic() - self._started
+            self.samples.append((at, {p.pid: rss_kib(p.pid) for p in self.processes}))
+            if self._stop.wait(self.every):
+                return
 
 
 def own_cpu_seconds(pid: int) -> float | None:

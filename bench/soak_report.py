@@ -34,8 +34,8 @@ def judge(result: Outcome, log_errors: dict[str, list[str]]) -> None:
     if before != after:
         stats.fail("server processes changed", f"{sorted(before)} -> {sorted(after)}")
     for group, pids in rss_groups(result):
-        warm = sum(result.rss_warm[pid] for pid in pids)
-        end = sum(result.rss_end[pid] for pid in pids)
+        warm = sum(result.warm[pid].rss for pid in pids)
+        end = sum(result.end[pid].rss for pid in pids)
         if warm and end > RSS_LIMIT * warm:
             stats.fail("RSS growth", f"{group}: {_mib(warm)} MiB -> {_mib(end)} MiB")
     server_5xx = sum(
@@ -184,35 +184,64 @@ def _jobs(result: Outcome) -> None:
 
 def _memory(result: Outcome) -> None:
     out(
-        "### RSS (VmRSS, median of 5 reads 1 s apart, the load paused, WebSockets open; "
-        f"limit {RSS_LIMIT:.2f}x)"
+        "### Memory (VmRSS, median of 5 reads 1 s apart with the load paused and the "
+        f"WebSockets open; limit {RSS_LIMIT:.2f}x) and connections, after the warm-up → "
+        "at the end"
     )
     out()
     out(
-        "| process | pid | after warm-up MiB | end MiB | end / warm-up | CPU s measured "
-        "| % of a core |"
+        "| process | pid | RSS after warm-up MiB | at the end MiB | end / warm-up | anon Δ MiB "
+        "| file+shmem Δ MiB | PostgreSQL conns | Redis conns | client conns | CPU s "
+        "measured | % of a core |"
     )
-    out("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    out("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     seconds = result.stats.measured_seconds
     for process in result.processes:
-        warm, end = result.rss_warm[process.pid], result.rss_end[process.pid]
+        warm, end = result.warm[process.pid], result.end[process.pid]
         cpu = result.cpu.get(process.pid)
         used = "gone | gone" if cpu is None else f"{cpu:.1f} | {100 * cpu / seconds:.0f}%"
+        other = (end.file + end.shmem) - (warm.file + warm.shmem)
         out(
-            f"| {process.role} | {process.pid} | {_mib(warm)} | {_mib(end)} | "
-            f"{end / warm if warm else float('nan'):.3f} | {used} |"
+            f"| {process.role} | {process.pid} | {_mib(warm.rss)} | {_mib(end.rss)} | "
+            f"{end.rss / warm.rss if warm.rss else float('nan'):.3f} | "
+            f"{_mib(end.anon - warm.anon)} | {_mib(other)} | {warm.postgres} → {end.postgres} | "
+            f"{warm.redis} → {end.redis} | {warm.clients} → {end.clients} | {used} |"
         )
     for group, pids in rss_groups(result):
-        warm = sum(result.rss_warm[pid] for pid in pids)
-        end = sum(result.rss_end[pid] for pid in pids)
+        warm_total = sum(result.warm[pid].rss for pid in pids)
+        end_total = sum(result.end[pid].rss for pid in pids)
+        ratio = end_total / warm_total if warm_total else float("nan")
         out(
-            f"| **{group}** | | **{_mib(warm)}** | **{_mib(end)}** | "
-            f"**{end / warm if warm else float('nan'):.3f}** | | |"
+            f"| **{group}** | | **{_mib(warm_total)}** | **{_mib(end_total)}** | "
+            f"**{ratio:.3f}** | | | | | | | |"
         )
     out()
+    _series(result)
     out(
         f"The load generator (this one process) used {result.client_cpu:.0f} CPU s in the "
         f"measured window ({100 * result.client_cpu / seconds:.0f}% of a core)."
+    )
+    out()
+
+
+def _series(result: Outcome) -> None:
+    """RSS while the load ran, about once a minute from the start of the warm-up."""
+    if not result.series:
+        return
+    picked, next_at = [], 0.0
+    for at, values in result.series:
+        if at >= next_at:
+            picked.append((at, values))
+            next_at = at + 60.0
+    out(
+        "RSS with the load running (MiB; Argon2 hashes in flight add up to 64 MiB each), "
+        "from the start of the warm-up: "
+        + "; ".join(
+            f"{process.role} " + " ".join(_mib(values.get(process.pid, 0)) for _, values in picked)
+            for process in result.processes
+            if not process.role.startswith(("helper", "master"))
+        )
+        + f" (at {', '.join(f'{at:.0f}' for at, _ in picked)} s)."
     )
     out()
 
