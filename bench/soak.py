@@ -75,6 +75,7 @@ from keel_bench import (
 from soak_drive import Outcome, Plan, drive
 from soak_procs import error_lines, started_workers, worker_deaths
 from soak_report import judge, report
+from soak_tracing import FOLDER as TRACE_FOLDER
 
 ADMIN = "soak-admin@soak.example"
 GENEROUS = "1000000/minute"
@@ -106,6 +107,12 @@ def arguments() -> argparse.Namespace:
     add("--db", default="keel_bench_soak", help="throwaway database (keel_bench_*)")
     add("--keep-db", action="store_true")
     add("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    add(
+        "--tracemalloc",
+        action="store_true",
+        help="trace the servers' allocations from the end of the warm-up, report what is "
+        "still held at the end (slows the servers: diagnosis only)",
+    )
     add("--help-long", action="store_true", help="print the description and exit")
     return parser.parse_args()
 
@@ -196,6 +203,11 @@ def run(args: argparse.Namespace, folder: Path) -> tuple[Outcome, dict[str, list
         port, jobs_port = free_port(), free_port()
         env["KEEL_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
         env["KEEL_JOBS_WORKER_METRICS_PORT"] = str(jobs_port)
+        if args.tracemalloc:
+            env["PYTHONPATH"] = os.pathsep.join(
+                part for part in (str(TRACE_FOLDER), env.get("PYTHONPATH")) if part
+            )
+            env["SOAK_TRACEMALLOC_DIR"] = str(folder)
         data = Path(env["KEEL_DATA_DIR"])
         serve = [
             str(KEEL),
@@ -224,6 +236,7 @@ def run(args: argparse.Namespace, folder: Path) -> tuple[Outcome, dict[str, list
                     "redis": urlsplit(args.redis_url).port or 6379,
                     "clients": port,
                 },
+                trace_folder=folder if args.tracemalloc else None,
                 duration=args.duration,
                 warmup=args.warmup,
                 users=args.users,

@@ -29,6 +29,7 @@ from soak_procs import (
 )
 from soak_realtime import RealtimeClient
 from soak_stats import Stats
+from soak_tracing import collect, signal_all
 from soak_users import VirtualUser
 from soak_verify import Checked, verify_realtime, verify_writes
 
@@ -46,6 +47,7 @@ class Plan:
     serve_pid: int
     jobs_pid: int
     ports: dict[str, int]  # postgres, redis, clients (the server's)
+    trace_folder: Path | None  # --tracemalloc: where the servers write their snapshots
     duration: float
     warmup: float
     users: int
@@ -68,6 +70,7 @@ class Outcome:
     warm: dict[int, Memory] = field(default_factory=dict)  # after the warm-up
     end: dict[int, Memory] = field(default_factory=dict)
     series: list[tuple[float, dict[int, int]]] = field(default_factory=list)
+    traces: dict[int, Path] = field(default_factory=dict)  # --tracemalloc snapshots
     cpu: dict[int, float] = field(default_factory=dict)
     clients: list[RealtimeClient] = field(default_factory=list)
     newcomers: list[Newcomer] = field(default_factory=list)
@@ -212,6 +215,32 @@ def _side_tasks(
     ]
 
 
+async def _measure(plan: Plan, result: Outcome, gate: Gate, series: RssSeries) -> None:
+    """From the end of the warm-up to the end of the run: a quiet snapshot at both ends,
+    the load running in between, its CPU counted."""
+    stats = result.stats
+    result.processes = server_processes(plan.serve_pid, plan.jobs_pid)
+    result.warm = await _quiet_snapshot(gate, plan, result.processes)
+    if plan.trace_folder is not None:
+        signal_all(result.processes)  # start tracing: what is allocated from now on
+    cpu_before = cpu_since({p.pid: 0.0 for p in result.processes})
+    client_before = time.process_time()
+    stats.start_measuring()
+    gate.open()
+    await asyncio.sleep(plan.duration)
+
+    await gate.close()
+    stats.stop_measuring("verify")
+    result.cpu = cpu_since(cpu_before)
+    result.client_cpu = time.process_time() - client_before
+    result.processes_end = server_processes(plan.serve_pid, plan.jobs_pid)
+    result.end = await _quiet_snapshot(gate, plan, result.processes)
+    if plan.trace_folder is not None:
+        result.traces = await asyncio.to_thread(collect, result.processes, plan.trace_folder)
+    series.stop()
+    result.series = series.samples
+
+
 async def drive(plan: Plan) -> Outcome:
     result = Outcome()
     stats = result.stats
@@ -239,22 +268,7 @@ async def drive(plan: Plan) -> Outcome:
     series.start()
     await asyncio.sleep(plan.warmup)
 
-    result.processes = server_processes(plan.serve_pid, plan.jobs_pid)
-    result.warm = await _quiet_snapshot(gate, plan, result.processes)
-    cpu_before = cpu_since({p.pid: 0.0 for p in result.processes})
-    client_before = time.process_time()
-    stats.start_measuring()
-    gate.open()
-    await asyncio.sleep(plan.duration)
-
-    await gate.close()
-    stats.stop_measuring("verify")
-    result.cpu = cpu_since(cpu_before)
-    result.client_cpu = time.process_time() - client_before
-    result.processes_end = server_processes(plan.serve_pid, plan.jobs_pid)
-    result.end = await _quiet_snapshot(gate, plan, result.processes)
-    series.stop()
-    result.series = series.samples
+    await _measure(plan, result, gate, series)
 
     await verify_realtime(result.clients, [*accounts, admin], stats, result.checked)
     stop.set()

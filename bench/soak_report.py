@@ -10,6 +10,7 @@ from keel_bench import out
 from soak_drive import Outcome
 from soak_procs import by_label, metric_sum
 from soak_stats import MEASURE, nearest_rank
+from soak_tracing import report_traces
 
 RSS_LIMIT = 1.10
 
@@ -70,6 +71,8 @@ def report(result: Outcome, header: list[str], settings: dict[str, Any]) -> None
     _realtime(result)
     _jobs(result)
     _memory(result)
+    if result.traces:
+        report_traces(result.processes, result.traces)
     if result.startup_replacements:
         out(
             f"Note: before the load started, Uvicorn replaced workers "
