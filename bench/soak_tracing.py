@@ -6,6 +6,7 @@ filling up); what keeps growing with the run's length is."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import tracemalloc
@@ -15,6 +16,7 @@ from keel_bench import out
 from soak_procs import Process
 
 FOLDER = Path(__file__).resolve().parent / "soak_trace"
+_PREFIX = re.compile(r"^.*?/(site-packages|src|lib/python3\.\d+)/")
 _NOISE = (tracemalloc.__file__, "<frozen importlib._bootstrap>", "sitecustomize.py")
 
 
@@ -70,7 +72,5 @@ def report_traces(processes: list[Process], snapshots: dict[int, Path]) -> None:
 
 
 def _short(filename: str) -> str:
-    for marker in ("/site-packages/", "/src/", "/lib/python3"):
-        if marker in filename:
-            return filename.split(marker, 1)[1]
-    return filename
+    """A path from where it becomes telling (the package, or the standard library's)."""
+    return _PREFIX.sub("", filename)
