@@ -16,7 +16,7 @@ from keel_bench import out
 from soak_procs import Process
 
 FOLDER = Path(__file__).resolve().parent / "soak_trace"
-_PREFIX = re.compile(r"^.*?/(site-packages|src|lib/python3\.\d+)/")
+_PREFIX = re.compile(r"^.*/(site-packages|src|lib/python3\.\d+)/")
 _NOISE = (tracemalloc.__file__, "<frozen importlib._bootstrap>", "sitecustomize.py")
 
 
