@@ -36,6 +36,12 @@ message it was due, and the logs for error lines.
 Exit status 1 on any 5xx, lost write or failed check, or RSS at the end over 110% of
 after the warm-up (for `keel serve` as a whole, and for `keel worker`). Markdown on
 stdout, progress on stderr; raw figures and the servers' logs in `bench/out/soak-<time>/`.
+
+When RSS grows, two diagnoses (soak_trace/sitecustomize.py, loaded by the servers):
+`--tracemalloc` lists the Python allocations made after the warm-up that are still
+held at the end, by line and call stack (it slows the servers: not for the figures);
+`--malloc-trim` reads RSS again after each server calls glibc's `malloc_trim(0)`, which
+tells memory the allocator kept from live data.
 """
 
 from __future__ import annotations
@@ -112,6 +118,12 @@ def arguments() -> argparse.Namespace:
         action="store_true",
         help="trace the servers' allocations from the end of the warm-up, report what is "
         "still held at the end (slows the servers: diagnosis only)",
+    )
+    add(
+        "--malloc-trim",
+        action="store_true",
+        help="at both snapshots, read RSS again after the servers call malloc_trim(0) "
+        "(diagnosis: memory the allocator kept, or live data?)",
     )
     add("--help-long", action="store_true", help="print the description and exit")
     return parser.parse_args()
@@ -203,11 +215,14 @@ def run(args: argparse.Namespace, folder: Path) -> tuple[Outcome, dict[str, list
         port, jobs_port = free_port(), free_port()
         env["KEEL_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
         env["KEEL_JOBS_WORKER_METRICS_PORT"] = str(jobs_port)
-        if args.tracemalloc:
+        if args.tracemalloc or args.malloc_trim:
             env["PYTHONPATH"] = os.pathsep.join(
                 part for part in (str(TRACE_FOLDER), env.get("PYTHONPATH")) if part
             )
+        if args.tracemalloc:
             env["SOAK_TRACEMALLOC_DIR"] = str(folder)
+        if args.malloc_trim:
+            env["SOAK_MALLOC_TRIM"] = "1"
         data = Path(env["KEEL_DATA_DIR"])
         serve = [
             str(KEEL),
@@ -237,6 +252,7 @@ def run(args: argparse.Namespace, folder: Path) -> tuple[Outcome, dict[str, list
                     "clients": port,
                 },
                 trace_folder=folder if args.tracemalloc else None,
+                trim=args.malloc_trim,
                 duration=args.duration,
                 warmup=args.warmup,
                 users=args.users,

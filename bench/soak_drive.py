@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 import traceback
 from collections.abc import Callable, Coroutine
@@ -48,6 +49,7 @@ class Plan:
     jobs_pid: int
     ports: dict[str, int]  # postgres, redis, clients (the server's)
     trace_folder: Path | None  # --tracemalloc: where the servers write their snapshots
+    trim: bool  # --malloc-trim: a second snapshot after malloc_trim(0)
     duration: float
     warmup: float
     users: int
@@ -71,6 +73,8 @@ class Outcome:
     end: dict[int, Memory] = field(default_factory=dict)
     series: list[tuple[float, dict[int, int]]] = field(default_factory=list)
     traces: dict[int, Path] = field(default_factory=dict)  # --tracemalloc snapshots
+    warm_trimmed: dict[int, Memory] = field(default_factory=dict)  # --malloc-trim
+    end_trimmed: dict[int, Memory] = field(default_factory=dict)
     cpu: dict[int, float] = field(default_factory=dict)
     clients: list[RealtimeClient] = field(default_factory=list)
     newcomers: list[Newcomer] = field(default_factory=list)
@@ -165,10 +169,19 @@ def _realtime_clients(
     return made
 
 
-async def _quiet_snapshot(gate: Gate, plan: Plan, processes: list[Process]) -> dict[int, Memory]:
+async def _quiet_snapshot(
+    gate: Gate, plan: Plan, processes: list[Process]
+) -> tuple[dict[int, Memory], dict[int, Memory]]:
+    """The load paused: each process's memory, then (--malloc-trim) again after
+    malloc_trim(0)."""
     await gate.close()
     await asyncio.sleep(SETTLE_SECONDS)
-    return await asyncio.to_thread(snapshot, processes, plan.ports)
+    memory = await asyncio.to_thread(snapshot, processes, plan.ports)
+    if not plan.trim:
+        return memory, {}
+    signal_all(processes, signal.SIGUSR1)
+    await asyncio.sleep(1.0)
+    return memory, await asyncio.to_thread(snapshot, processes, plan.ports)
 
 
 async def _admin(plan: Plan, caller: Caller) -> Account:
@@ -220,7 +233,7 @@ async def _measure(plan: Plan, result: Outcome, gate: Gate, series: RssSeries) -
     the load running in between, its CPU counted."""
     stats = result.stats
     result.processes = server_processes(plan.serve_pid, plan.jobs_pid)
-    result.warm = await _quiet_snapshot(gate, plan, result.processes)
+    result.warm, result.warm_trimmed = await _quiet_snapshot(gate, plan, result.processes)
     if plan.trace_folder is not None:
         signal_all(result.processes)  # start tracing: what is allocated from now on
     cpu_before = cpu_since({p.pid: 0.0 for p in result.processes})
@@ -234,7 +247,7 @@ async def _measure(plan: Plan, result: Outcome, gate: Gate, series: RssSeries) -
     result.cpu = cpu_since(cpu_before)
     result.client_cpu = time.process_time() - client_before
     result.processes_end = server_processes(plan.serve_pid, plan.jobs_pid)
-    result.end = await _quiet_snapshot(gate, plan, result.processes)
+    result.end, result.end_trimmed = await _quiet_snapshot(gate, plan, result.processes)
     if plan.trace_folder is not None:
         result.traces = await asyncio.to_thread(collect, result.processes, plan.trace_folder)
     series.stop()

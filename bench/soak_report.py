@@ -71,6 +71,8 @@ def report(result: Outcome, header: list[str], settings: dict[str, Any]) -> None
     _realtime(result)
     _jobs(result)
     _memory(result)
+    if result.warm_trimmed:
+        _trimmed(result)
     if result.traces:
         report_traces(result.processes, result.traces)
     if result.startup_replacements:
@@ -224,6 +226,18 @@ def _memory(result: Outcome) -> None:
         f"The load generator (this one process) used {result.client_cpu:.0f} CPU s in the "
         f"measured window ({100 * result.client_cpu / seconds:.0f}% of a core)."
     )
+    out()
+
+
+def _trimmed(result: Outcome) -> None:
+    out("RSS after `malloc_trim(0)` (MiB; diagnosis, `--malloc-trim`), after the warm-up → end:")
+    out()
+    for process in result.processes:
+        warm = result.warm_trimmed[process.pid].rss
+        end = result.end_trimmed[process.pid].rss
+        if process.role.startswith(("worker", "jobs worker")):
+            ratio = end / warm if warm else float("nan")
+            out(f"- {process.role}: {_mib(warm)} → {_mib(end)} ({ratio:.3f})")
     out()
 
 

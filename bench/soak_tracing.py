@@ -1,7 +1,8 @@
 """`--tracemalloc`: what the servers allocated after the warm-up and still hold at the
-end (see soak_trace/sitecustomize.py, which the servers load), to say where growing RSS
-goes. Memory held at the end is not necessarily a leak (a pool that grew, a cache
-filling up); what keeps growing with the run's length is."""
+end; `--malloc-trim`: their RSS once glibc has handed back the free memory it kept (see
+soak_trace/sitecustomize.py, which the servers load). Both say where growing RSS goes.
+Memory held at the end is not necessarily a leak (a pool that grew, a cache filling
+up); what keeps growing with the run's length is."""
 
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ def traced(processes: list[Process]) -> list[Process]:
     return [p for p in processes if p.role.startswith(("worker", "jobs worker"))]
 
 
-def signal_all(processes: list[Process]) -> None:
+def signal_all(processes: list[Process], signum: int = signal.SIGUSR2) -> None:
+    """SIGUSR2: start tracing, or write the snapshot; SIGUSR1: `malloc_trim(0)`."""
     for process in traced(processes):
         try:
-            os.kill(process.pid, signal.SIGUSR2)
+            os.kill(process.pid, signum)
         except ProcessLookupError:
             continue
 

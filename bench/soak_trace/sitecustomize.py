@@ -1,13 +1,17 @@
-"""Memory tracing for `bench/soak.py --tracemalloc`: which allocations made after the
-warm-up are still alive at the end.
+"""Memory diagnosis for `bench/soak.py --tracemalloc` and `--malloc-trim`, loaded by the
+soak's servers only (the soak puts this folder on their PYTHONPATH).
 
-The soak puts this folder on the servers' PYTHONPATH and sets SOAK_TRACEMALLOC_DIR.
-The first SIGUSR2 a process gets starts `tracemalloc` (after the warm-up, so the start-up
-and warm-up allocations are not traced); the second writes a snapshot of what is traced
-and still alive to `$SOAK_TRACEMALLOC_DIR/<pid>.snapshot`. Uvicorn's master handles
-SIGUSR2 itself (it replaces this handler), so only the workers and `keel worker` trace.
-Without SOAK_TRACEMALLOC_DIR it does nothing. Tracing slows a process by about half:
-such a run's latencies and CPU are not for the tables.
+- SOAK_TRACEMALLOC_DIR set: the first SIGUSR2 a process gets starts `tracemalloc`
+  (after the warm-up, so the start-up and warm-up allocations are not traced); the
+  second writes a snapshot of what is traced and still alive to
+  `$SOAK_TRACEMALLOC_DIR/<pid>.snapshot`. Tracing slows a process by about half: such a
+  run's latencies and CPU are not for the tables.
+- SOAK_MALLOC_TRIM set: SIGUSR1 calls glibc's `malloc_trim(0)`, which hands freed heap
+  memory back to the kernel. RSS that drops after it was free memory the allocator
+  kept, not live data.
+
+Uvicorn's master handles both signals itself (it replaces these handlers), so only the
+workers and `keel worker` answer them. With neither variable set it does nothing.
 """
 
 import os
@@ -19,7 +23,7 @@ if _FOLDER:
     import tracemalloc
     from pathlib import Path
 
-    def _on_signal(_signum: int, _frame: object) -> None:
+    def _on_trace_signal(_signum: int, _frame: object) -> None:
         if not tracemalloc.is_tracing():
             tracemalloc.start(int(os.environ.get("SOAK_TRACEMALLOC_FRAMES", "20")))
             return
@@ -29,4 +33,15 @@ if _FOLDER:
         snapshot.dump(str(partial))
         partial.replace(path)
 
-    signal.signal(signal.SIGUSR2, _on_signal)
+    signal.signal(signal.SIGUSR2, _on_trace_signal)
+
+if os.environ.get("SOAK_MALLOC_TRIM"):
+    import ctypes
+    import signal
+
+    _LIBC = ctypes.CDLL("libc.so.6")
+
+    def _on_trim_signal(_signum: int, _frame: object) -> None:
+        _LIBC.malloc_trim(0)
+
+    signal.signal(signal.SIGUSR1, _on_trim_signal)
