@@ -117,13 +117,15 @@ def arguments() -> argparse.Namespace:
         "--tracemalloc",
         action="store_true",
         help="trace the servers' allocations from the end of the warm-up, report what is "
-        "still held at the end (slows the servers: diagnosis only)",
+        "still held at the end (slows the servers a lot, and the traces count in RSS: "
+        "diagnosis only)",
     )
     add(
         "--malloc-trim",
         action="store_true",
         help="at both snapshots, read RSS again after the servers call malloc_trim(0) "
-        "(diagnosis: memory the allocator kept, or live data?)",
+        "(diagnosis: memory the allocator kept, or live data? The trim after the warm-up "
+        "lowers the end's untrimmed RSS too: judge such a run by the trimmed figures)",
     )
     add("--help-long", action="store_true", help="print the description and exit")
     return parser.parse_args()

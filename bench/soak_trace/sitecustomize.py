@@ -4,8 +4,10 @@ soak's servers only (the soak puts this folder on their PYTHONPATH).
 - SOAK_TRACEMALLOC_DIR set: the first SIGUSR2 a process gets starts `tracemalloc`
   (after the warm-up, so the start-up and warm-up allocations are not traced); the
   second writes a snapshot of what is traced and still alive to
-  `$SOAK_TRACEMALLOC_DIR/<pid>.snapshot`. Tracing slows a process by about half: such a
-  run's latencies and CPU are not for the tables.
+  `$SOAK_TRACEMALLOC_DIR/<pid>.snapshot`, each allocation with its innermost
+  SOAK_TRACEMALLOC_FRAMES (6) frames. Tracing slows the servers a lot (with 20 frames,
+  a tenth of the requests went through), and its own tables count in RSS: such a run's
+  latencies, CPU and RSS are not for the tables; what it lists is the point.
 - SOAK_MALLOC_TRIM set: SIGUSR1 calls glibc's `malloc_trim(0)`, which hands freed heap
   memory back to the kernel. RSS that drops after it was free memory the allocator
   kept, not live data.
@@ -25,7 +27,7 @@ if _FOLDER:
 
     def _on_trace_signal(_signum: int, _frame: object) -> None:
         if not tracemalloc.is_tracing():
-            tracemalloc.start(int(os.environ.get("SOAK_TRACEMALLOC_FRAMES", "20")))
+            tracemalloc.start(int(os.environ.get("SOAK_TRACEMALLOC_FRAMES", "6")))
             return
         snapshot = tracemalloc.take_snapshot()
         path = Path(_FOLDER) / f"{os.getpid()}.snapshot"
