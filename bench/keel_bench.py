@@ -1,4 +1,5 @@
-"""Helpers shared by the items benchmarks (`export_memory.py`, `paging.py`).
+"""Helpers shared by the benchmarks (`export_memory.py`, `paging.py`, `files.py`,
+`realtime.py`, `soak.py`).
 
 Not a benchmark itself: a throwaway PostgreSQL database, the `keel` command, a real
 `keel serve` process in its own process group, sign-in, fast bulk loading of items and
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -264,6 +266,68 @@ def rss_kib(pid: int) -> int:
 
 def tree_rss_kib(pid: int) -> int:
     return sum(rss_kib(member) for member in process_tree(pid))
+
+
+def socket_inodes(pid: int) -> set[int]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(fd.readlink())
+            if target.startswith("socket:["):
+                found.add(int(target[8:-1]))
+    return found
+
+
+def established_on(port: int, *, remote: bool = False) -> set[int]:
+    """Inodes of the established TCP sockets whose local port (or, with `remote`, whose
+    peer's port) is `port`."""
+    found = set()
+    column = 2 if remote else 1  # rem_address or local_address, as "<hex ip>:<hex port>"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                parts = line.split()
+                if parts[3] == "01" and int(parts[column].rsplit(":", 1)[1], 16) == port:
+                    found.add(int(parts[9]))
+    return found
+
+
+def uvicorn_workers(master: int) -> list[int]:
+    """The worker processes of a `keel serve --workers N` (multiprocessing spawn children)."""
+    workers = []
+    for pid in process_tree(master):
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if pid != master and b"spawn_main" in command:
+                workers.append(pid)
+    return workers
+
+
+@contextlib.contextmanager
+def redis_prefix(url: str) -> Iterator[str]:
+    """A key prefix of our own; its keys are deleted at the end (nothing else is)."""
+    import redis  # noqa: PLC0415 - only the benchmarks on Redis need it
+
+    client = redis.Redis.from_url(url)
+    client.ping()
+    prefix = f"keel-bench-{secrets.token_hex(6)}:"
+    try:
+        yield prefix
+    finally:
+        deleted = 0
+        try:
+            batch = []
+            for key in client.scan_iter(match=prefix + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    deleted += client.delete(*batch)
+                    batch = []
+            if batch:
+                deleted += client.delete(*batch)
+            say(f"deleted {deleted} Redis keys under {prefix}")
+        except redis.RedisError as error:
+            say(f"could not delete the Redis keys under {prefix}: {error}")
+        client.close()
 
 
 def reset_peak_rss(pid: int) -> bool:

@@ -100,7 +100,6 @@ import multiprocessing
 import os
 import random
 import resource
-import secrets
 import signal
 import statistics
 import subprocess
@@ -127,6 +126,7 @@ from keel_bench import (
     KeelServer,
     Server,
     cpu_seconds,
+    established_on,
     free_port,
     keel,
     load_average,
@@ -134,9 +134,12 @@ from keel_bench import (
     out_dir,
     process_tree,
     py_spy,
+    redis_prefix,
     rss_kib,
     say,
     sign_in,
+    socket_inodes,
+    uvicorn_workers,
 )
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -936,66 +939,6 @@ class LatencyResult:
     @property
     def refused(self) -> int:
         return sum(r.refused for r in self.receivers_out)
-
-
-def socket_inodes(pid: int) -> set[int]:
-    found = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = str(fd.readlink())
-            if target.startswith("socket:["):
-                found.add(int(target[8:-1]))
-    return found
-
-
-def established_on(port: int) -> set[int]:
-    """Inodes of the established TCP sockets whose local port is `port`."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                parts = line.split()
-                if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    found.add(int(parts[9]))
-    return found
-
-
-def uvicorn_workers(master: int) -> list[int]:
-    """The worker processes of a `keel serve --workers N` (multiprocessing spawn children)."""
-    workers = []
-    for pid in process_tree(master):
-        with contextlib.suppress(OSError):
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            if pid != master and b"spawn_main" in command:
-                workers.append(pid)
-    return workers
-
-
-@contextlib.contextmanager
-def redis_prefix(url: str) -> Iterator[str]:
-    """A key prefix of our own; its keys are deleted at the end (nothing else is)."""
-    import redis  # noqa: PLC0415 - only this phase needs it
-
-    client = redis.Redis.from_url(url)
-    client.ping()
-    prefix = f"keel-bench-{secrets.token_hex(6)}:"
-    try:
-        yield prefix
-    finally:
-        deleted = 0
-        try:
-            batch = []
-            for key in client.scan_iter(match=prefix + "*", count=1000):
-                batch.append(key)
-                if len(batch) >= 500:
-                    deleted += client.delete(*batch)
-                    batch = []
-            if batch:
-                deleted += client.delete(*batch)
-            say(f"deleted {deleted} Redis keys under {prefix}")
-        except redis.RedisError as error:
-            say(f"could not delete the Redis keys under {prefix}: {error}")
-        client.close()
 
 
 @contextlib.contextmanager
