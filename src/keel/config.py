@@ -40,6 +40,9 @@ class ServerSettings(BaseModel):
     workers: int = Field(default=1, ge=1)
     # Seconds in-flight requests get to finish after SIGTERM.
     graceful_timeout: float = Field(default=30.0, ge=0)
+    # Seconds a worker may take to start, or to answer the supervisor's liveness ping,
+    # before it is replaced (Uvicorn's 5 s replaced workers still importing on a busy host).
+    worker_healthcheck_timeout: int = Field(default=30, ge=1)
     # Proxies whose X-Forwarded-* headers are believed (comma-separated IPs or CIDRs).
     trusted_proxies: list[str] = Field(default_factory=list)
 

@@ -119,6 +119,7 @@ def serve(
             proxy_headers=bool(trusted),
             forwarded_allow_ips=",".join(trusted) if trusted else None,
             timeout_graceful_shutdown=math.ceil(settings.server.graceful_timeout),
+            timeout_worker_healthcheck=settings.server.worker_healthcheck_timeout,
             access_log=False,
             log_config=None,
             server_header=False,

@@ -89,7 +89,7 @@ async def sweep(
         if not rows:
             break
         report.files_seen += len(rows)
-        await _missing(storage, rows, report)
+        await _missing(database, storage, rows, report)
         after = rows[-1]["storage_key"]
         say(f"  {report.files_seen} files checked")
     return report
@@ -119,15 +119,25 @@ async def _orphans(
         report.orphans_removed.append(found.key)
 
 
-async def _missing(storage: Storage, rows: list[dict[str, object]], report: SweepReport) -> None:
+async def _missing(
+    database: Database, storage: Storage, rows: list[dict[str, object]], report: SweepReport
+) -> None:
     limit = anyio.Semaphore(CONCURRENT_CHECKS)
+    gone: dict[str, str] = {}  # storage key -> file id
 
     async def check(row: dict[str, object]) -> None:
         key = str(row["storage_key"])
         async with limit:
             if not await storage.exists(key):
-                report.missing.append((str(row["id"]), key))
+                gone[key] = str(row["id"])
 
     async with anyio.create_task_group() as group:
         for row in rows:
             group.start_soon(check, row)
+    if not gone:
+        return
+    # A file deleted while the batch was checked loses its row, then its bytes: only a
+    # row that is still there without its bytes is a loss.
+    async with database.transaction(write=False) as db:
+        still_there = await repository.referenced_keys(db, list(gone))
+    report.missing.extend((gone[key], key) for key in sorted(still_there))
