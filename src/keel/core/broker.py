@@ -309,7 +309,10 @@ class InProcessBroker:
         history = self._histories.setdefault(channel, _History())
         key = self._next_key(history)
         history.last = key
-        frame = Frame(channel, format_seq(key), key, payload)
+        # An exact-size copy: orjson's output keeps the 4 KiB buffer it was written
+        # into, and the history holds up to `frames` payloads per channel (measured:
+        # 40 MiB instead of 1.7 MiB for 10,000 frames of 150 bytes).
+        frame = Frame(channel, format_seq(key), key, memoryview(payload).tobytes())
         now = time.monotonic()
         # The history keeps a copy without the parsed and rendered forms that delivery
         # fills in: up to `frames` per channel, each at the size it was published.
