@@ -500,6 +500,8 @@ class Database:
                 init=_init_connection,
                 reset=_reset_connection,
                 timeout=settings.database.pool_timeout,
+                # A hung server fails the statement (503) instead of holding it forever.
+                command_timeout=settings.database.statement_timeout,
             )
         return cls(engine, pool, settings.database.pool_timeout)
 
@@ -526,34 +528,6 @@ class Database:
             await unit.rollback()
             raise
         await unit.commit()
-
-    async def stream(
-        self, statement: Executable, batch: int, params: dict[str, Any] | None = None
-    ) -> AsyncIterator[list[Row]]:
-        """Rows of `statement` in batches, from a server-side cursor on a connection of
-        its own, so memory stays flat whatever the row count."""
-        if self.pool is None:
-            async with self.engine.connect() as connection:
-                result = await connection.stream(statement, params)
-                async for batch_rows in result.mappings().partitions(batch):
-                    yield [dict(row) for row in batch_rows]
-            return
-        entry, args = self.statements.prepare(statement, params)
-        self.notify(entry.sql)
-        async with (
-            self.pool.acquire(timeout=self.acquire_timeout) as pooled,
-            pooled.transaction(readonly=True),
-        ):
-            self.on_pool_change()
-            rows: list[Row] = []
-            async for record in pooled.cursor(entry.sql, *args, prefetch=batch):
-                rows.append(_as_row(entry, record))
-                if len(rows) >= batch:
-                    yield rows
-                    rows = []
-            if rows:
-                yield rows
-        self.on_pool_change()
 
     def listen(self, listener: StatementListener) -> Callable[[], None]:
         """Call `listener` with each statement run on the request pool (tests count
@@ -596,7 +570,8 @@ async def _app_database(request: Request) -> Database:
     return database
 
 
-# The database itself, for work that outlives the request's unit (a streamed export).
+# The database itself, for work that outlives the request's unit (a streamed export's
+# batches, an idempotency claim).
 AppDatabase = Annotated[Database, Depends(_app_database)]
 
 

@@ -36,6 +36,8 @@ from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.datastructures import MutableHeaders
 
 from keel.config import LimitSettings, Settings
@@ -54,7 +56,6 @@ RuleBuilder = Callable[[Request, str], Check]
 
 # Where a decision's headers wait for the response (request.state is scope["state"]).
 _STATE_KEY = "rate_limit_headers"
-REDIS_TIMEOUT_SECONDS = 2.0
 
 
 @functools.lru_cache(maxsize=64)
@@ -118,8 +119,11 @@ class RateLimiter:
             key_prefix=f"{settings.redis.key_prefix}ratelimit",
             # One exception type to catch, whatever went wrong in Redis.
             wrap_exceptions=True,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=settings.redis.connect_timeout,
+            socket_timeout=settings.redis.socket_timeout,
+            # No retries of its own (redis-py's default is 3, with backoff): a hung
+            # Redis refuses within the timeout, not five times it.
+            retry=Retry(NoBackoff(), 0),  # type: ignore[arg-type]  # typed too narrowly
         )
         return cls(storage)
 

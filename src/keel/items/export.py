@@ -1,8 +1,9 @@
-"""GET /items/export: every matching item, streamed from a server-side cursor.
+"""GET /items/export: every matching item, streamed, oldest first.
 
-Rows are fetched `BATCH_ROWS` at a time and encoded batch by batch, so memory stays flat
-whatever the row count; the query runs in a session of its own that lives as long as
-the response streams (the request's session has committed by then).
+Rows are read `BATCH_ROWS` at a time in keyset order (created_at, id), each batch by a
+short unit of work of its own, and encoded batch by batch: memory stays flat whatever
+the row count, and no pooled connection is held while the client reads, so clients
+that read slowly or not at all cannot use up the pool (core/transfers.py bounds them).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Literal
 import orjson
 
 from keel.core.db import Database, Row
-from keel.items.repository import ListQuery
+from keel.core.pagination import SortOrder, batches
+from keel.items.repository import COLUMNS, ListQuery
 from keel.items.schemas import ITEM_FIELDS
 
 BATCH_ROWS = 1000
@@ -29,6 +31,7 @@ MEDIA_TYPES: dict[str, str] = {
 
 # A spreadsheet reads a cell starting with one of these as a formula (CSV injection).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_OLDEST_FIRST = SortOrder("created_at", COLUMNS.created_at, descending=False, scope="items.export")
 
 
 def _ndjson(rows: Sequence[Row]) -> bytes:
@@ -68,5 +71,13 @@ async def stream_export(
 ) -> AsyncIterator[bytes]:
     if fmt == "csv":
         yield _csv([], header=True)
-    async for rows in database.stream(query.statement, BATCH_ROWS, query.values):
+    rows_in_order = batches(
+        database,
+        query.statement,
+        _OLDEST_FIRST,
+        id_column=COLUMNS.id,
+        size=BATCH_ROWS,
+        values=query.values,
+    )
+    async for rows in rows_in_order:
         yield _ndjson(rows) if fmt == "ndjson" else _csv(rows, header=False)

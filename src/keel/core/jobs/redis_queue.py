@@ -19,6 +19,8 @@ import structlog
 from dramatiq import Actor, Broker, Middleware
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from keel.config import Settings
 from keel.core.jobs.context import JobContext
@@ -34,8 +36,13 @@ def create_broker(settings: Settings) -> RedisBroker:
     url = settings.redis.url
     if not url:
         raise ValueError("Dramatiq needs KEEL_REDIS_URL.")
+    # Short timeouts (settings): an API request that enqueues waits on a hung Redis
+    # this long at most, on a thread of the event loop's small default pool.
     client = redis.Redis.from_url(
-        url, socket_connect_timeout=2, socket_timeout=10, retry_on_timeout=True
+        url,
+        socket_connect_timeout=settings.redis.connect_timeout,
+        socket_timeout=settings.redis.socket_timeout,
+        retry=Retry(NoBackoff(), 0),  # redis-py's default retries 3 times, with backoff
     )
     # Dramatiq's default middleware: age limit, time limit, shutdown notices, callbacks,
     # pipelines, retries. Its Prometheus middleware is left out: Keel counts outcomes.
