@@ -133,7 +133,7 @@ async def open_resources(
     periodic: Sequence[Periodic] = (),
 ) -> AsyncIterator[Resources]:
     async with contextlib.AsyncExitStack() as stack:
-        engine = create_engine(settings)
+        engine = create_engine(settings, bound_statements=True)
         stack.push_async_callback(engine.dispose)
         database = await Database.open(settings, engine)
         stack.push_async_callback(database.close)
