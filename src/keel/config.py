@@ -76,7 +76,7 @@ class HttpSettings(BaseModel):
     # Long transfers (exports, downloads, uploads; core/transfers.py): at most this many
     # at once per caller (429 past it) and per process (503 past it).
     transfers_per_user: int = Field(default=6, ge=1)
-    transfers_per_process: int = Field(default=256, ge=1)
+    transfers_per_process: int = Field(default=64, ge=1)
     # A streamed response whose client reads nothing for this long is dropped.
     send_timeout_seconds: float = Field(default=30.0, gt=0)
     # An upload body from which nothing arrives for this long is refused (408).
