@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import httpx
@@ -49,7 +50,7 @@ def own_redis() -> Iterator[OwnRedis]:
         yield redis
 
 
-async def migrated(url: str, data_dir: object) -> str:
+async def migrated(url: str, data_dir: Path) -> str:
     settings = Settings(_env_file=None, data_dir=data_dir, database=DatabaseSettings(url=url))
     engine = create_engine(settings)
     try:

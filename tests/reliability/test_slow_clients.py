@@ -55,6 +55,12 @@ class Slow:
     owner_token: str
     api_key: dict[str, str]
     file_id: str
+    owner_id: str
+
+    @property
+    def export_path(self) -> str:
+        """The owner's items only: other modules' servers share the test database."""
+        return f"/api/v1/items/export?owner_id={self.owner_id}"
 
     @property
     def port(self) -> int:
@@ -158,6 +164,7 @@ async def slow(
             owner_token,
             (await api_key_of(live.admin)).headers,
             uploaded.json()["id"],
+            owner_id,
         )
 
 
@@ -191,7 +198,7 @@ async def test_exports_that_nobody_reads_hold_no_connection_and_are_dropped(slow
     before = _rss_kib(pid)
     # 21 exports of about 8 MB that nobody reads: 3 for each of 7 moderators.
     socks = [
-        await anyio.to_thread.run_sync(_get, slow.port, "/api/v1/items/export", token)
+        await anyio.to_thread.run_sync(_get, slow.port, slow.export_path, token)
         for token in slow.moderators
         for _ in range(PER_USER)
     ]
@@ -205,7 +212,7 @@ async def test_exports_that_nobody_reads_hold_no_connection_and_are_dropped(slow
         # A caller's fourth transfer is refused; another caller is not affected.
         first = {"Authorization": f"Bearer {slow.moderators[0]}"}
         assert_error(
-            await slow.live.admin.get("/api/v1/items/export", headers=first), 429, "RATE_LIMITED"
+            await slow.live.admin.get(slow.export_path, headers=first), 429, "RATE_LIMITED"
         )
         # Each stalled export holds at most one batch of rows and one piece (and the
         # kernel's socket buffers), not the 8 MB it was asked for: 21 held exports would
@@ -224,7 +231,7 @@ async def test_exports_that_nobody_reads_hold_no_connection_and_are_dropped(slow
             assert not data.endswith(b"0\r\n\r\n")
     assert "stalled_client_dropped" in slow.live.server.log_events()
     # Their slots are free again: a full export, every item, read at a normal pace.
-    response = await slow.live.admin.get("/api/v1/items/export", headers=first)
+    response = await slow.live.admin.get(slow.export_path, headers=first)
     assert response.status_code == 200, response.text
     assert len(response.text.splitlines()) == ITEMS
 
