@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from keel.auth.deps import Authenticator
@@ -119,8 +120,10 @@ def create_redis(settings: RedisSettings) -> Redis:
         socket_timeout=settings.socket_timeout,
         health_check_interval=30,
         # redis-py retries a failed command 3 times with backoff by default, which
-        # turns a hung Redis's 2 s into 10 s: the callers decide what a failure means.
-        retry=Retry(NoBackoff(), 0),
+        # turns a hung Redis's 2 s into 10 s. One retry, on a dropped connection only:
+        # after a Redis restart each pooled connection fails once, which the retry on a
+        # fresh one hides; a timeout (a hung Redis) is never retried.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis.from_pool(pool)
 

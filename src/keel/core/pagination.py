@@ -313,17 +313,21 @@ async def batches(
     and each batch costs what the first does; a row inserted meanwhile ahead of the
     position shows up, one behind it does not, and none repeats."""
     statements = _page_statements(query, sort, id_column)
-    bound = {**(values or {}), "keel_limit": size}
+    # One row more than the batch says whether another follows (as a page's does), so
+    # that a row count that is a multiple of `size` costs no empty query at the end.
+    bound = {**(values or {}), "keel_limit": size + 1}
     statement = statements.first
     while True:
         async with database.transaction(write=False) as db:
             rows = await db.all(statement, bound)
+        more = len(rows) > size
+        rows = rows[:size]
         if rows:
             last = rows[-1]
             bound["keel_after_key"], bound["keel_after_id"] = last[_PAGE_KEY], last[_PAGE_ID]
             for row in rows:
                 del row[_PAGE_KEY], row[_PAGE_ID]
             yield rows
-        if len(rows) < size:
+        if not more:
             return
         statement = statements.after

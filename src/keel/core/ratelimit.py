@@ -38,6 +38,7 @@ from limits.errors import StorageError
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.datastructures import MutableHeaders
 
 from keel.config import LimitSettings, Settings
@@ -56,6 +57,8 @@ RuleBuilder = Callable[[Request, str], Check]
 
 # Where a decision's headers wait for the response (request.state is scope["state"]).
 _STATE_KEY = "rate_limit_headers"
+# A template: redis-py copies the Retry it is given.
+_RETRY_ON_DROPPED_CONNECTION = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 @functools.lru_cache(maxsize=64)
@@ -121,9 +124,10 @@ class RateLimiter:
             wrap_exceptions=True,
             socket_connect_timeout=settings.redis.connect_timeout,
             socket_timeout=settings.redis.socket_timeout,
-            # No retries of its own (redis-py's default is 3, with backoff): a hung
-            # Redis refuses within the timeout, not five times it.
-            retry=Retry(NoBackoff(), 0),  # type: ignore[arg-type]  # typed too narrowly
+            # redis-py's default retries 3 times, with backoff: a hung Redis would hold
+            # the request five timeouts long. One retry, on a dropped connection only
+            # (a restarted Redis), as for the shared client.
+            retry=_RETRY_ON_DROPPED_CONNECTION,  # type: ignore[arg-type]  # typed too narrowly
         )
         return cls(storage)
 

@@ -20,6 +20,7 @@ from dramatiq import Actor, Broker, Middleware
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from keel.config import Settings
@@ -42,7 +43,9 @@ def create_broker(settings: Settings) -> RedisBroker:
         url,
         socket_connect_timeout=settings.redis.connect_timeout,
         socket_timeout=settings.redis.socket_timeout,
-        retry=Retry(NoBackoff(), 0),  # redis-py's default retries 3 times, with backoff
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        # (redis-py's default retries 3 times, with backoff; here once, on a dropped
+        # connection only, never on a timeout)
     )
     # Dramatiq's default middleware: age limit, time limit, shutdown notices, callbacks,
     # pipelines, retries. Its Prometheus middleware is left out: Keel counts outcomes.
