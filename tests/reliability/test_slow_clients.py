@@ -39,9 +39,11 @@ PER_USER = 3
 SEND_TIMEOUT = 3
 RECEIVE_TIMEOUT = 2
 # Larger than what loopback buffers absorb (the server's socket buffer grows to 4 MB),
-# so that a client that reads nothing stalls the server's sends.
-ITEMS = 800
-DESCRIPTION = "d" * 10_000
+# so that a client that reads nothing stalls the server's sends; and more rows than one
+# read of the database brings (a first chunk is written into the server's buffer without
+# waiting, so only a later one shows whether a stalled export holds its connection).
+ITEMS = 1500
+DESCRIPTION = "d" * 6_000
 FILE_BYTES = 8 * 1024 * 1024
 # What a request beside the stalled transfers may take: the pool is free, so about a
 # request's own time; the bound is generous for a busy machine (it is the requirement).
@@ -169,7 +171,7 @@ async def slow(
 
 
 async def _seed_items(database_url: str, folder: Path, owner: uuid.UUID) -> None:
-    """Large items, straight into the server's database (faster than 800 POSTs)."""
+    """Large items, straight into the server's database (faster than 1,500 POSTs)."""
     engine = create_engine(
         Settings(_env_file=None, data_dir=folder, database=DatabaseSettings(url=database_url))
     )
@@ -196,7 +198,7 @@ async def _seed_items(database_url: str, folder: Path, owner: uuid.UUID) -> None
 async def test_exports_that_nobody_reads_hold_no_connection_and_are_dropped(slow: Slow) -> None:
     pid = slow.live.server.process.pid
     before = _rss_kib(pid)
-    # 21 exports of about 8 MB that nobody reads: 3 for each of 7 moderators.
+    # 21 exports of about 9 MB that nobody reads: 3 for each of 7 moderators.
     socks = [
         await anyio.to_thread.run_sync(_get, slow.port, slow.export_path, token)
         for token in slow.moderators
@@ -215,8 +217,8 @@ async def test_exports_that_nobody_reads_hold_no_connection_and_are_dropped(slow
             await slow.live.admin.get(slow.export_path, headers=first), 429, "RATE_LIMITED"
         )
         # Each stalled export holds at most one batch of rows and one piece (and the
-        # kernel's socket buffers), not the 8 MB it was asked for: 21 held exports would
-        # be 168 MB and more (about 200 MB was seen with 1,000-row batches sent whole;
+        # kernel's socket buffers), not the 9 MB it was asked for: 21 held exports would
+        # be 190 MB and more (about 200 MB was seen with 1,000-row batches sent whole;
         # about 65 MB with today's, allocator noise included).
         grown_mb = (_rss_kib(pid) - before) / 1024
         print(f"RSS growth with {len(socks)} stalled exports: {grown_mb:.1f} MB")  # noqa: T201
