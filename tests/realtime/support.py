@@ -14,7 +14,7 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.support.servers import Server, live_env, serve, wait_until_healthy
+from tests.support.servers import STARTUP_SECONDS, Server, live_env, serve, wait_until_healthy
 
 ADMIN_EMAIL = "realtime.admin@example.com"
 PASSWORD = "a long and uncommon passphrase"
@@ -55,7 +55,11 @@ async def token(base_url: str, email: str, password: str = PASSWORD) -> str:
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, database_url: str, *args: str, **settings: str
+    tmp_path: Path,
+    database_url: str,
+    *args: str,
+    startup_seconds: float = STARTUP_SECONDS,
+    **settings: str,
 ) -> AsyncIterator[Live]:
     env = live_env(
         tmp_path,
@@ -65,7 +69,7 @@ async def running(
         **settings,
     )
     with serve(tmp_path, env, *args) as server:
-        await wait_until_healthy(server)
+        await wait_until_healthy(server, startup_seconds)
         admin_token = await token(server.url, ADMIN_EMAIL)
         headers = {"Authorization": f"Bearer {admin_token}"}
         async with httpx.AsyncClient(base_url=server.url, headers=headers) as admin:

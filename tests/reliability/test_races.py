@@ -35,6 +35,8 @@ async def live(
         cluster_database,
         "--workers",
         "2",
+        # Each worker imports the app; under coverage that takes up to about 20 s.
+        startup_seconds=60,
         KEEL_REDIS_URL=own_redis.url,
         KEEL_LIMIT_REGISTER_IP="1000/hour",
         KEEL_LIMIT_TOKEN_IP="1000/minute",
