@@ -53,14 +53,18 @@ async def token(base_url: str, email: str, password: str = PASSWORD) -> str:
     return str(answer.json()["access_token"])
 
 
+def running(
+    tmp_path: Path, database_url: str, *args: str, **settings: str
+) -> contextlib.AbstractAsyncContextManager[Live]:
+    return running_within(STARTUP_SECONDS, tmp_path, database_url, *args, **settings)
+
+
 @contextlib.asynccontextmanager
-async def running(
-    tmp_path: Path,
-    database_url: str,
-    *args: str,
-    startup_seconds: float = STARTUP_SECONDS,
-    **settings: str,
+async def running_within(
+    startup_seconds: float, tmp_path: Path, database_url: str, *args: str, **settings: str
 ) -> AsyncIterator[Live]:
+    """`running`, waiting up to `startup_seconds` for the server to answer (several
+    workers import the app each, slowly under coverage)."""
     env = live_env(
         tmp_path,
         database_url,

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.realtime.support import ADMIN_EMAIL, PASSWORD, Live, running
+from tests.realtime.support import ADMIN_EMAIL, PASSWORD, Live, running_within
 from tests.reliability.conftest import FAST_FAILING
 from tests.support.redis_server import OwnRedis
 
@@ -30,13 +30,13 @@ async def live(
     cluster_database: str, own_redis: OwnRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Live]:
     folder: Path = tmp_path_factory.mktemp("races")
-    async with running(
+    # Each worker imports the app; under coverage that took about 20 s on a busy machine.
+    async with running_within(
+        60,
         folder,
         cluster_database,
         "--workers",
         "2",
-        # Each worker imports the app; under coverage that takes up to about 20 s.
-        startup_seconds=60,
         KEEL_REDIS_URL=own_redis.url,
         KEEL_LIMIT_REGISTER_IP="1000/hour",
         KEEL_LIMIT_TOKEN_IP="1000/minute",
