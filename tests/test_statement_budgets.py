@@ -190,7 +190,7 @@ BUDGETS: dict[str, Budget] = {
     "items.update_stale": Budget("PATCH /api/v1/items/{item_id}", 2),
     # DELETE item RETURNING it.
     "items.delete": Budget("DELETE /api/v1/items/{item_id}", 1),
-    # SELECT, streamed (in a session of its own).
+    # One SELECT per 100 rows (export.BATCH_ROWS), each in a short unit of its own.
     "items.export": Budget("GET /api/v1/items/export", 1),
     # SELECT item (not the caller's: none), 404.
     "items.read_others": Budget("GET /api/v1/items/{item_id}", 1),

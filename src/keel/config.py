@@ -22,6 +22,9 @@ class DatabaseSettings(BaseModel):
     pool_size: int = Field(default=10, ge=1)
     max_overflow: int = Field(default=10, ge=0)
     pool_timeout: float = Field(default=5.0, gt=0)
+    # A statement on the request pool that has not answered in this long fails (503):
+    # a hung server must not hold requests, and their connections, forever.
+    statement_timeout: float = Field(default=30.0, gt=0)
     # A pooled connection idle longer than this is pinged before use (a restart or an
     # idle-killing proxy may have closed it); busier ones are used as they are.
     ping_after_idle_seconds: float = Field(default=10.0, ge=0)
@@ -32,6 +35,10 @@ class RedisSettings(BaseModel):
     url: str | None = None
     # Every key Keel writes starts with this, so one Redis can serve several deployments.
     key_prefix: str = "keel:"
+    # A Redis that does not answer fails fast (docs/failure-modes.md): seconds to connect,
+    # and to wait for any one reply.
+    connect_timeout: float = Field(default=1.0, gt=0)
+    socket_timeout: float = Field(default=2.0, gt=0)
 
 
 class ServerSettings(BaseModel):
@@ -72,6 +79,14 @@ class HttpSettings(BaseModel):
     header_timeout_seconds: float = Field(default=10.0, gt=0)
     gzip_min_bytes: int = Field(default=1024, ge=0)
     hsts_max_age: int = Field(default=31_536_000, ge=0)
+    # Long transfers (exports, downloads, uploads; core/transfers.py): at most this many
+    # at once per caller (429 past it) and per process (503 past it).
+    transfers_per_user: int = Field(default=6, ge=1)
+    transfers_per_process: int = Field(default=64, ge=1)
+    # A streamed response whose client reads nothing for this long is dropped.
+    send_timeout_seconds: float = Field(default=30.0, gt=0)
+    # An upload body from which nothing arrives for this long is refused (408).
+    receive_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
 class AuthSettings(BaseModel):

@@ -18,12 +18,15 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from keel.auth.deps import Authenticator
 from keel.auth.revocation import InProcessRevocations, RedisRevocations, SessionRevocations
 from keel.auth.sessions import Issuer
-from keel.config import Settings
+from keel.config import RedisSettings, Settings
 from keel.core.broker import Broker, History, InProcessBroker, RedisBroker
 from keel.core.client_ip import ClientIpResolver
 from keel.core.db import Database, create_engine, create_sessionmaker
@@ -40,6 +43,7 @@ from keel.core.security.passwords import PasswordHasher
 from keel.core.security.secret import load_secret
 from keel.core.security.signed_links import LinkSigner
 from keel.core.storage import Storage, create_storage
+from keel.core.transfers import TransferSlots
 from keel.realtime.hub import RealtimeHub
 
 log = structlog.get_logger("keel.resources")
@@ -69,6 +73,7 @@ class Resources:
     storage: Storage
     links: LinkSigner
     realtime: RealtimeHub
+    transfers: TransferSlots
 
     def install(self, app: FastAPI) -> None:
         """Name each resource on the app's state for the typed dependencies."""
@@ -91,26 +96,34 @@ class Resources:
             "storage",
             "links",
             "realtime",
+            "transfers",
         ):
             setattr(app.state, name, getattr(self, name))
 
 
-# Connections one process keeps to Redis at most; past that a command waits this long
-# for one (redis-py's default pool fails at once instead, which a burst of realtime
-# subscribes hit in the benchmark).
+# Connections one process keeps to Redis at most; past that a command waits for one
+# (redis-py's default pool fails at once instead, which a burst of realtime subscribes
+# hit in the benchmark), as long as it would wait for a reply.
 REDIS_MAX_CONNECTIONS = 100
-REDIS_POOL_TIMEOUT_SECONDS = 5
 
 
-def create_redis(url: str) -> Redis:
+def create_redis(settings: RedisSettings) -> Redis:
+    """The shared client. A Redis that is down or hung fails each command within the
+    timeouts, never retried: callers degrade at once (docs/failure-modes.md) rather than
+    hold their request, and anything it holds, while Redis does not answer."""
+    assert settings.url is not None  # noqa: S101 - called only when Redis is configured
     pool = BlockingConnectionPool.from_url(
-        url,
+        settings.url,
         max_connections=REDIS_MAX_CONNECTIONS,
-        timeout=REDIS_POOL_TIMEOUT_SECONDS,
-        socket_connect_timeout=2,
-        socket_timeout=5,
+        timeout=settings.socket_timeout,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_timeout=settings.socket_timeout,
         health_check_interval=30,
-        retry_on_timeout=True,
+        # redis-py retries a failed command 3 times with backoff by default, which
+        # turns a hung Redis's 2 s into 10 s. One retry, on a dropped connection only:
+        # after a Redis restart each pooled connection fails once, which the retry on a
+        # fresh one hides; a timeout (a hung Redis) is never retried.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis.from_pool(pool)
 
@@ -123,7 +136,7 @@ async def open_resources(
     periodic: Sequence[Periodic] = (),
 ) -> AsyncIterator[Resources]:
     async with contextlib.AsyncExitStack() as stack:
-        engine = create_engine(settings)
+        engine = create_engine(settings, bound_statements=True)
         stack.push_async_callback(engine.dispose)
         database = await Database.open(settings, engine)
         stack.push_async_callback(database.close)
@@ -133,7 +146,7 @@ async def open_resources(
         broker: Broker
         history = History(settings.realtime.history_seconds, settings.realtime.history_frames)
         if settings.redis.url:
-            redis = create_redis(settings.redis.url)
+            redis = create_redis(settings.redis)
             stack.push_async_callback(redis.aclose)
             broker = RedisBroker(redis, settings.redis.key_prefix, history)
         else:
@@ -202,6 +215,9 @@ async def open_resources(
             ),
             authenticator=authenticator,
             realtime=realtime,
+            transfers=TransferSlots(
+                settings.http.transfers_per_process, settings.http.transfers_per_user
+            ),
         )
     log.info("resources_closed")
 

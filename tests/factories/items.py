@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keel.core.ids import uuid7
 from keel.models import Item, ItemStatus
@@ -47,8 +48,15 @@ async def make_items(
                 **fields,
             }
         )
-    async with app.state.resources.sessionmaker() as session:
-        for offset in range(0, count, 2000):
+    await insert_items(app.state.resources.sessionmaker, rows)
+    return rows
+
+
+async def insert_items(
+    sessionmaker: async_sessionmaker[AsyncSession], rows: list[dict[str, Any]]
+) -> None:
+    """Bulk-insert item rows (also for a database a live server uses)."""
+    async with sessionmaker() as session:
+        for offset in range(0, len(rows), 2000):
             await session.execute(insert(Item), rows[offset : offset + 2000])
         await session.commit()
-    return rows

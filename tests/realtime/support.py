@@ -14,7 +14,7 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.support.servers import Server, live_env, serve, wait_until_healthy
+from tests.support.servers import STARTUP_SECONDS, Server, live_env, serve, wait_until_healthy
 
 ADMIN_EMAIL = "realtime.admin@example.com"
 PASSWORD = "a long and uncommon passphrase"
@@ -53,10 +53,18 @@ async def token(base_url: str, email: str, password: str = PASSWORD) -> str:
     return str(answer.json()["access_token"])
 
 
-@contextlib.asynccontextmanager
-async def running(
+def running(
     tmp_path: Path, database_url: str, *args: str, **settings: str
+) -> contextlib.AbstractAsyncContextManager[Live]:
+    return running_within(STARTUP_SECONDS, tmp_path, database_url, *args, **settings)
+
+
+@contextlib.asynccontextmanager
+async def running_within(
+    startup_seconds: float, tmp_path: Path, database_url: str, *args: str, **settings: str
 ) -> AsyncIterator[Live]:
+    """`running`, waiting up to `startup_seconds` for the server to answer (several
+    workers import the app each, slowly under coverage)."""
     env = live_env(
         tmp_path,
         database_url,
@@ -65,7 +73,7 @@ async def running(
         **settings,
     )
     with serve(tmp_path, env, *args) as server:
-        await wait_until_healthy(server)
+        await wait_until_healthy(server, startup_seconds)
         admin_token = await token(server.url, ADMIN_EMAIL)
         headers = {"Authorization": f"Bearer {admin_token}"}
         async with httpx.AsyncClient(base_url=server.url, headers=headers) as admin:

@@ -8,12 +8,9 @@ import base64
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,34 +25,10 @@ from tests.realtime.support import (
     subscribe,
     token,
 )
+from tests.support.redis_server import running_redis
 from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-@contextlib.contextmanager
-def _redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A Redis of this test's own (never the machine's shared one), keeping nothing."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-        yield process
-    finally:
-        process.kill()
-        process.wait()
 
 
 async def _close_code(ws: ClientConnection, within: float = 10) -> int:
@@ -80,7 +53,7 @@ async def test_losing_redis_keeps_connections_and_delivery_resumes(
 ) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    with _redis_server(port) as redis_process:
+    with running_redis(port) as redis_process:
         async with running(tmp_path, migrated_database, KEEL_REDIS_URL=url) as live:
             _user_id, access = await live.user()
             async with connected(live.ws_url, access) as ws:
@@ -100,7 +73,7 @@ async def test_losing_redis_keeps_connections_and_delivery_resumes(
                 assert ready.status_code == 503
                 assert ready.json()["checks"]["redis"] != "ok"
 
-                with _redis_server(port):
+                with running_redis(port):
                     deadline = time.monotonic() + 15
                     while True:
                         await send(

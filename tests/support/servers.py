@@ -171,15 +171,16 @@ async def wait_until_refused(port: int, timeout: float) -> None:
 # --- HTTP ----------------------------------------------------------------------------
 
 
-async def wait_until_healthy(server: Server) -> int:
+async def wait_until_healthy(server: Server, startup_seconds: float = STARTUP_SECONDS) -> int:
     """Poll /health until it answers; return how many probes the server answered.
 
     A refused connection never reached the server. A probe that connected waits for its
     answer (a multi-worker server binds before its workers start), so every request the
-    server saw is counted here, or the test fails: never a guess.
+    server saw is counted here, or the test fails: never a guess. `startup_seconds` is
+    longer for several workers, which import the app each (slowly under coverage).
     """
-    deadline = time.monotonic() + STARTUP_SECONDS
-    timeout = httpx.Timeout(STARTUP_SECONDS, connect=2.0)
+    deadline = time.monotonic() + startup_seconds
+    timeout = httpx.Timeout(startup_seconds, connect=2.0)
     async with httpx.AsyncClient(timeout=timeout) as client:
         while True:
             code = server.process.poll()
@@ -190,7 +191,7 @@ async def wait_until_healthy(server: Server) -> int:
             except httpx.ConnectError:
                 if time.monotonic() > deadline:
                     pytest.fail(
-                        f"/health did not answer in {STARTUP_SECONDS} s:\n{server.output()}"
+                        f"/health did not answer in {startup_seconds} s:\n{server.output()}"
                     )
                 await anyio.sleep(0.05)
                 continue

@@ -10,7 +10,10 @@ record only has to outlive the longest-lived access token issued before it.
 - Redis (any number of workers): one key per ended session. A marker key says the
   records were loaded; if Redis lost its data (restart without persistence), the check
   falls back to the database and reloads them. If Redis cannot be reached, the check
-  asks the database: a token is never trusted blindly.
+  asks the database: a token is never trusted blindly. After a failure, Redis is left
+  alone for a few seconds (every check asks the database meanwhile), so a hung Redis
+  costs one timeout per interval, not one per request; no pooled connection is held
+  while Redis is waited on (the request's own connection is taken only afterwards).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from datetime import timedelta
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from keel.auth import repository
@@ -29,6 +33,9 @@ from keel.core.db import Database
 from keel.models.base import utcnow
 
 log = structlog.get_logger("keel.auth.revocation")
+
+# Seconds Redis is not asked after it failed to answer.
+REDIS_BACKOFF_SECONDS = 5.0
 
 
 async def _ended_recently(database: Database, within_seconds: int) -> list[tuple[uuid.UUID, float]]:
@@ -107,6 +114,15 @@ class RedisRevocations:
         self._loaded_key = prefix + "revoked-loaded"
         self._database = database
         self._ttl = ttl_seconds
+        # Monotonic time before which Redis is not asked (it failed recently).
+        self._skip_redis_until = 0.0
+
+    def _redis_resting(self) -> bool:
+        return time.monotonic() < self._skip_redis_until
+
+    def _redis_failed(self, exc: Exception, event: str) -> None:
+        self._skip_redis_until = time.monotonic() + REDIS_BACKOFF_SECONDS
+        log.warning(event, error=repr(exc))
 
     def _key(self, session_id: uuid.UUID) -> str:
         return f"{self._prefix}{session_id}"
@@ -125,7 +141,10 @@ class RedisRevocations:
 
     async def revoke(self, session_ids: Iterable[uuid.UUID]) -> None:
         # Raises when Redis is down: the caller's transaction then rolls back (503),
-        # rather than ending a session that other workers would still accept.
+        # rather than ending a session that other workers would still accept. At once
+        # while Redis rests after a failure: the transaction is not held open for it.
+        if self._redis_resting():
+            raise RedisConnectionError("Redis failed moments ago; not asked again yet")
         async with self._redis.pipeline(transaction=False) as pipe:
             for sid in session_ids:
                 pipe.set(self._key(sid), 1, ex=self._ttl)
@@ -135,20 +154,22 @@ class RedisRevocations:
         """Which of `session_ids` have ended, in one round trip (a realtime hub's
         periodic check); none while Redis cannot be asked (the next check will)."""
         ordered = list(session_ids)
-        if not ordered:
+        if not ordered or self._redis_resting():
             return set()
         try:
             found = await self._redis.mget([self._key(sid) for sid in ordered])
-        except RedisError as exc:
-            log.warning("revocation_sweep_skipped", error=repr(exc))
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc, "revocation_sweep_skipped")
             return set()
         return {sid for sid, value in zip(ordered, found, strict=True) if value is not None}
 
     async def is_revoked(self, session_id: uuid.UUID) -> bool:
+        if self._redis_resting():
+            return await _ended_in_database(self._database, session_id)
         try:
             loaded, revoked = await self._redis.mget(self._loaded_key, self._key(session_id))
-        except RedisError as exc:
-            log.warning("revocation_check_fell_back_to_database", error=repr(exc))
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc, "revocation_check_fell_back_to_database")
             return await _ended_in_database(self._database, session_id)
         if loaded is None:
             log.warning("revocations_missing_in_redis_reloading")

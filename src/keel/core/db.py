@@ -64,12 +64,19 @@ log = structlog.get_logger("keel.db")
 # ---------------------------------------------------------------- engines
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: Settings, *, bound_statements: bool = False) -> AsyncEngine:
     """SQLAlchemy's engine: the embedded database's runtime, and on PostgreSQL the one
-    that migrations, readiness checks, jobs and tests use beside the request pool."""
+    that migrations, readiness checks, jobs and tests use beside the request pool.
+
+    `bound_statements`: on PostgreSQL, a statement unanswered within the statement
+    timeout fails, as on the request pool (the running app's engine: a hung server must
+    not hold its jobs and checks forever). Off for migrations, which may take long."""
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
         return _create_sqlite_engine(settings)
+    connect_args: dict[str, Any] = {"timeout": settings.database.pool_timeout}
+    if bound_statements:
+        connect_args["command_timeout"] = settings.database.statement_timeout
     engine = create_async_engine(
         url,
         pool_size=settings.database.pool_size,
@@ -79,7 +86,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # A failed statement's error text (which the logs print) names the statement,
         # never what it was given: password and API-key hashes among them.
         hide_parameters=True,
-        connect_args={"timeout": settings.database.pool_timeout},
+        connect_args=connect_args,
     )
     _ping_after_idle(engine, settings.database.ping_after_idle_seconds)
     return engine
@@ -380,6 +387,22 @@ async def _run_callbacks(callbacks: list[AfterCommit], stage: str) -> None:
             log.exception("transaction_callback_failed", stage=stage)
 
 
+class DatabaseConnectionLost(ConnectionError):
+    """The connection a unit used was closed under it (the server restarted, shut
+    down, or ended the backend): a dependency outage (503), never a bug (500)."""
+
+
+# What a connection the server has closed shows on its next use: asyncpg says
+# "connection was closed", "another operation is in progress" (its protocol state
+# after an unsolicited FATAL), or relays the FATAL itself (57P01, terminated).
+_CONNECTION_LOST: tuple[type[Exception], ...] = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
 class _PostgresUnit(Unit):
     def __init__(self, database: Database, pool: asyncpg.Pool, *, write: bool) -> None:
         super().__init__(database, write=write)
@@ -387,12 +410,18 @@ class _PostgresUnit(Unit):
         self._connection: Any = None
         self._used = False
 
-    async def _acquire(self) -> Any:
+    async def _acquire(self, *, retry_stale: bool = True) -> Any:
         connection = await self._pool.acquire(timeout=self.database.acquire_timeout)
         self.database.on_pool_change()
         if self.write:
             try:
                 await connection.execute("BEGIN")
+            except _CONNECTION_LOST as exc:
+                await self._discard(connection)
+                if not retry_stale:
+                    raise DatabaseConnectionLost(str(exc)) from exc
+                # Closed while it sat in the pool: nothing ran on it, another will do.
+                return await self._acquire(retry_stale=False)
             except BaseException:
                 await self._pool.release(connection)
                 raise
@@ -408,17 +437,21 @@ class _PostgresUnit(Unit):
         try:
             try:
                 result = await self._send(entry, args)
-            except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError):
+            except _CONNECTION_LOST as exc:
                 if self._used:
-                    raise
+                    raise DatabaseConnectionLost(str(exc)) from exc
                 # The server closed this pooled connection while it sat idle (a restart,
-                # a proxy's timeout). Nothing ran on it yet, so a fresh one takes over.
-                await self._release()
+                # a proxy's timeout, a terminated backend). Nothing ran on it yet, so a
+                # fresh one takes over.
+                connection, self._connection = self._connection, None
+                await self._discard(connection)
                 self._connection = await self._acquire()
                 result = await self._send(entry, args)
         except asyncpg.IntegrityConstraintViolationError as exc:
             # One exception type for a violated constraint on both engines.
             raise IntegrityError(entry.sql, None, exc) from exc
+        except _CONNECTION_LOST as exc:
+            raise DatabaseConnectionLost(str(exc)) from exc
         self._used = True
         return result
 
@@ -428,8 +461,9 @@ class _PostgresUnit(Unit):
             return [_as_row(entry, record) for record in records], len(records)
         return [], _rowcount(await self._connection.execute(entry.sql, *args))
 
-    async def _release(self) -> None:
-        connection, self._connection = self._connection, None
+    async def _discard(self, connection: Any) -> None:
+        """Close a broken connection and hand its place back to the pool."""
+        connection.terminate()
         with contextlib.suppress(Exception):
             await self._pool.release(connection)
         self.database.on_pool_change()
@@ -441,6 +475,13 @@ class _PostgresUnit(Unit):
         try:
             if self.write and not connection.is_closed():
                 await connection.execute("COMMIT" if commit else "ROLLBACK")
+        except _CONNECTION_LOST as exc:
+            # A ROLLBACK on a lost connection has nothing left to undo: the server
+            # rolled back when the connection ended. A COMMIT whose answer never came
+            # has an unknown fate, and the client is told so (503: retry, with its
+            # Idempotency-Key).
+            if commit:
+                raise DatabaseConnectionLost(str(exc)) from exc
         finally:
             await self._pool.release(connection)
             self.database.on_pool_change()
@@ -501,6 +542,8 @@ class Database:
                 init=_init_connection,
                 reset=_reset_connection,
                 timeout=settings.database.pool_timeout,
+                # A hung server fails the statement (503) instead of holding it forever.
+                command_timeout=settings.database.statement_timeout,
             )
         return cls(engine, pool, settings.database.pool_timeout)
 
@@ -527,34 +570,6 @@ class Database:
             await unit.rollback()
             raise
         await unit.commit()
-
-    async def stream(
-        self, statement: Executable, batch: int, params: dict[str, Any] | None = None
-    ) -> AsyncIterator[list[Row]]:
-        """Rows of `statement` in batches, from a server-side cursor on a connection of
-        its own, so memory stays flat whatever the row count."""
-        if self.pool is None:
-            async with self.engine.connect() as connection:
-                result = await connection.stream(statement, params)
-                async for batch_rows in result.mappings().partitions(batch):
-                    yield [dict(row) for row in batch_rows]
-            return
-        entry, args = self.statements.prepare(statement, params)
-        self.notify(entry.sql)
-        async with (
-            self.pool.acquire(timeout=self.acquire_timeout) as pooled,
-            pooled.transaction(readonly=True),
-        ):
-            self.on_pool_change()
-            rows: list[Row] = []
-            async for record in pooled.cursor(entry.sql, *args, prefetch=batch):
-                rows.append(_as_row(entry, record))
-                if len(rows) >= batch:
-                    yield rows
-                    rows = []
-            if rows:
-                yield rows
-        self.on_pool_change()
 
     def listen(self, listener: StatementListener) -> Callable[[], None]:
         """Call `listener` with each statement run on the request pool (tests count
@@ -599,7 +614,8 @@ async def _app_database(request: Request) -> Database:
     return database
 
 
-# The database itself, for work that outlives the request's unit (a streamed export).
+# The database itself, for work that outlives the request's unit (a streamed export's
+# batches, an idempotency claim).
 AppDatabase = Annotated[Database, Depends(_app_database)]
 
 

@@ -1,5 +1,6 @@
 """Typed dependencies for what routes use of the running app: `Broker`, `Jobs`,
-`Limiter`, `Passwords`, `Cursors`, `Storage`, `Links`, `AppMetrics`, `AppSettings` (the
+`Limiter`, `Passwords`, `Cursors`, `Storage`, `Links`, `AppMetrics`, `AppSettings`,
+`Transfers` (the
 database's is `DbSession`, in core/db.py).
 
 The composition root (keel/resources.py) opens each resource once and names it on the
@@ -19,11 +20,13 @@ from keel.config import Settings
 from keel.core.broker import Broker as BrokerBackend
 from keel.core.jobs.queue import JobQueue
 from keel.core.metrics import Metrics
+from keel.core.openapi import answers
 from keel.core.pagination import CursorCodec
 from keel.core.ratelimit import RateLimiter, get_rate_limiter
 from keel.core.security.passwords import PasswordHasher
 from keel.core.security.signed_links import LinkSigner
 from keel.core.storage import Storage as StorageBackend
+from keel.core.transfers import TransferSlots
 
 
 def app_state(name: str) -> Callable[[HTTPConnection], Awaitable[Any]]:
@@ -46,3 +49,5 @@ Cursors = Annotated[CursorCodec, Depends(app_state("cursors"))]
 Storage = Annotated[StorageBackend, Depends(app_state("storage"))]
 Links = Annotated[LinkSigner, Depends(app_state("links"))]
 AppMetrics = Annotated[Metrics, Depends(app_state("metrics"))]
+# A route taking transfer slots may be refused one: 429 for the caller, 503 for the process.
+Transfers = Annotated[TransferSlots, Depends(answers(429, 503)(app_state("transfers")))]

@@ -15,9 +15,8 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from starlette.responses import StreamingResponse
-
 from keel.core.errors import RangeNotSatisfiable
+from keel.core.transfers import Slot, TransferResponse
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
 # Types that a browser would run or render as a page: never sent as such.
@@ -117,10 +116,14 @@ def download_response(
     filename: str,
     etag: str,
     byte_range: ByteRange | None,
+    slot: Slot,
+    send_timeout: float,
     counted: Callable[[int], None] | None = None,
-) -> StreamingResponse:
+) -> TransferResponse:
     """The file's bytes (or the range of them that `chunks` yields, primed) as a
-    streamed response; `counted` is told how many bytes were sent."""
+    streamed response; `counted` is told how many bytes were sent. The response holds
+    `slot` while it streams, and drops a client that reads nothing for `send_timeout`
+    seconds (core/transfers.py); no database connection is held meanwhile."""
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": etag,
@@ -147,6 +150,11 @@ def download_response(
                 counted(len(chunk))
             yield chunk
 
-    return StreamingResponse(
-        body(), status_code=status, headers=headers, media_type=served_type(content_type)
+    return TransferResponse(
+        body(),
+        slot=slot,
+        send_timeout=send_timeout,
+        status_code=status,
+        headers=headers,
+        media_type=served_type(content_type),
     )

@@ -66,6 +66,10 @@ class Conflict(AppError):
     status_code, code, message = 409, "CONFLICT", "Conflict"
 
 
+class RequestTimeout(AppError):
+    status_code, code, message = 408, "REQUEST_TIMEOUT", "The request body stopped arriving"
+
+
 class PreconditionFailed(AppError):
     status_code, code, message = 412, "PRECONDITION_FAILED", "Precondition failed"
 
@@ -106,6 +110,7 @@ _CODES_BY_STATUS = {
         Forbidden,
         NotFound,
         Conflict,
+        RequestTimeout,
         PreconditionFailed,
         PayloadTooLarge,
         UnsupportedMediaType,
@@ -220,9 +225,47 @@ DEPENDENCY_DOWN_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# SQLSTATE classes that say the server cannot serve now, whatever the driver's class:
+# 08 connection exceptions, 57P operator intervention (shutting down: 57P01 admin,
+# 57P02 crash, 57P03 cannot connect now), 53300 too many connections.
+_DOWN_SQLSTATES = ("08", "57P", "53300")
+
+
+def is_dependency_down(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it wraps, says a dependency is unreachable or going
+    away. SQLAlchemy wraps asyncpg's errors in its own DBAPIError (its asyncpg adapter
+    maps a shutting-down server to the generic `Error`), so the chain is walked."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError):
+            if current.connection_invalidated:
+                return True
+        elif isinstance(current, DEPENDENCY_DOWN_ERRORS):
+            return True
+        sqlstate = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_DOWN_SQLSTATES):
+            return True
+        wrapped = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        current = wrapped or current.__cause__ or current.__context__
+    return False
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """SQLAlchemy's other DBAPIErrors: 503 when the server is going away or cannot be
+    reached, otherwise a genuine bug (re-raised: the last-resort handler makes it a 500)."""
+    if is_dependency_down(exc):
+        return await _dependency_down(request, exc)
+    raise exc
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for error_type in DEPENDENCY_DOWN_ERRORS:
         app.add_exception_handler(error_type, _dependency_down)
+    # The most specific handler wins: OperationalError and InterfaceError (above) are
+    # always 503; any other DBAPIError only when what it wraps says so.
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)

@@ -36,6 +36,9 @@ from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.datastructures import MutableHeaders
 
 from keel.config import LimitSettings, Settings
@@ -55,7 +58,8 @@ RuleBuilder = Callable[[Request, str], Check]
 
 # Where a decision's headers wait for the response (request.state is scope["state"]).
 _STATE_KEY = "rate_limit_headers"
-REDIS_TIMEOUT_SECONDS = 2.0
+# A template: redis-py copies the Retry it is given.
+_RETRY_ON_DROPPED_CONNECTION = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 @functools.lru_cache(maxsize=64)
@@ -119,8 +123,12 @@ class RateLimiter:
             key_prefix=f"{settings.redis.key_prefix}ratelimit",
             # One exception type to catch, whatever went wrong in Redis.
             wrap_exceptions=True,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=settings.redis.connect_timeout,
+            socket_timeout=settings.redis.socket_timeout,
+            # redis-py's default retries 3 times, with backoff: a hung Redis would hold
+            # the request five timeouts long. One retry, on a dropped connection only
+            # (a restarted Redis), as for the shared client.
+            retry=_RETRY_ON_DROPPED_CONNECTION,  # type: ignore[arg-type]  # typed too narrowly
         )
         return cls(storage)
 

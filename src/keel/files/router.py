@@ -9,18 +9,21 @@ check, and with no pooled database connection held while it arrives.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from keel.auth.deps import CurrentPrincipal
+from keel.core.client_ip import request_client_ip
 from keel.core.conditional import none_match
 from keel.core.db import AppDatabase, DbSession
-from keel.core.deps import AppMetrics, AppSettings, Cursors, Links, Storage
+from keel.core.deps import AppMetrics, AppSettings, Cursors, Links, Storage, Transfers
 from keel.core.downloads import download_response, requested_range
 from keel.core.pagination import Page
 from keel.core.routing import KeelRoute
+from keel.core.transfers import TransferSlots, within_receive_timeout
 from keel.files import service
 from keel.files.deps import FileDep, FilePage
 from keel.files.repository import FileRow
@@ -122,6 +125,7 @@ async def upload_file(
     storage: Storage,
     settings: AppSettings,
     metrics: AppMetrics,
+    transfers: Transfers,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Upload a file (multipart field `file`), streamed to storage as it arrives."""
@@ -131,15 +135,19 @@ async def upload_file(
     # arrive, and must not hold a pooled connection (or a transaction) meanwhile.
     await db.commit()
     length = request.headers.get("content-length")
-    received = await service.receive(
-        request.stream(),
-        request.headers.get("content-type"),
-        int(length) if length and length.isdigit() else None,
-        storage,
-        metrics,
-        max_bytes=settings.max_upload_bytes,
-        allowed=settings.storage.allowed_types,
-    )
+    slot = transfers.take(principal.user_id)  # a slow sender holds one of its own slots
+    try:
+        received = await service.receive(
+            within_receive_timeout(request.stream(), settings.http.receive_timeout_seconds),
+            request.headers.get("content-type"),
+            int(length) if length and length.isdigit() else None,
+            storage,
+            metrics,
+            max_bytes=settings.max_upload_bytes,
+            allowed=settings.storage.allowed_types,
+        )
+    finally:
+        slot.release()
     async with service.kept_if_committed(db, storage, metrics, received):
         if idempotency_key is not None:
             fingerprint = service.fingerprint(received)
@@ -164,10 +172,22 @@ async def read_file(found: FileDep) -> Any:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class _Sending:
+    """What sending a file's bytes needs besides the file: the byte source, metrics,
+    and the transfer bounds (the caller's slot, the send timeout)."""
+
+    storage: Storage
+    metrics: AppMetrics
+    transfers: TransferSlots
+    settings: AppSettings
+    # Whose transfer it is: the caller's user id, or a link user's address.
+    owner: object
+
+
 async def _send(
     found: FileRow,
-    storage: Storage,
-    metrics: AppMetrics,
+    sending: _Sending,
     range_header: str | None,
     if_none_match: str | None,
     if_range: str | None,
@@ -178,7 +198,12 @@ async def _send(
     if if_range is not None and if_range.strip() != etag:
         range_header = None  # the client's copy is stale: the whole file, not a piece
     byte_range = requested_range(range_header, found["size"])
-    chunks = await service.content(storage, found, byte_range)
+    slot = sending.transfers.take(sending.owner)
+    try:
+        chunks = await service.content(sending.storage, found, byte_range)
+    except BaseException:
+        slot.release()
+        raise
     return download_response(
         chunks,
         size=found["size"],
@@ -186,7 +211,9 @@ async def _send(
         filename=found["filename"],
         etag=etag,
         byte_range=byte_range,
-        counted=metrics.file_bytes_downloaded.inc,
+        slot=slot,
+        send_timeout=sending.settings.http.send_timeout_seconds,
+        counted=sending.metrics.file_bytes_downloaded.inc,
     )
 
 
@@ -198,14 +225,18 @@ async def _send(
 )
 async def download_file(
     found: FileDep,
+    principal: CurrentPrincipal,
     storage: Storage,
     metrics: AppMetrics,
+    transfers: Transfers,
+    settings: AppSettings,
     range_header: RangeHeader = None,
     if_none_match: IfNoneMatch = None,
     if_range: IfRange = None,
 ) -> Response:
     """The file's bytes, streamed; one `Range` gives 206."""
-    return await _send(found, storage, metrics, range_header, if_none_match, if_range)
+    sending = _Sending(storage, metrics, transfers, settings, principal.user_id)
+    return await _send(found, sending, range_header, if_none_match, if_range)
 
 
 @router.get(
@@ -223,11 +254,14 @@ async def download_file(
     },
 )
 async def download_by_link(
+    request: Request,
     file_id: uuid.UUID,
     db: DbSession,
     storage: Storage,
     links: Links,
     metrics: AppMetrics,
+    transfers: Transfers,
+    settings: AppSettings,
     expires: Annotated[int, Query(description="Unix time the link expires at.")],
     signature: Annotated[str, Query(max_length=128, description="The link's signature.")],
     range_header: RangeHeader = None,
@@ -241,7 +275,9 @@ async def download_by_link(
     direct = await service.presigned(storage, found, expires)
     if direct is not None:
         return RedirectResponse(direct, status_code=307)
-    return await _send(found, storage, metrics, range_header, if_none_match, if_range)
+    # No caller to count against: a link's transfers count against the client's address.
+    sending = _Sending(storage, metrics, transfers, settings, f"ip:{request_client_ip(request)}")
+    return await _send(found, sending, range_header, if_none_match, if_range)
 
 
 @router.post(

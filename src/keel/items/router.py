@@ -17,9 +17,10 @@ from fastapi.responses import StreamingResponse
 from keel.auth.deps import CurrentPrincipal
 from keel.core.conditional import IfMatchHeader
 from keel.core.db import AppDatabase, DbSession
-from keel.core.deps import Broker, Cursors
+from keel.core.deps import AppSettings, Broker, Cursors, Transfers
 from keel.core.pagination import Page
 from keel.core.routing import KeelRoute, single_statement
+from keel.core.transfers import TransferResponse
 from keel.idempotency import idempotent
 from keel.items import export, service
 from keel.items.deps import Filters, ItemDep, ItemPage
@@ -92,14 +93,18 @@ async def export_items(
     principal: CurrentPrincipal,
     database: AppDatabase,
     filters: Filters,
+    transfers: Transfers,
+    settings: AppSettings,
     format: Annotated[  # noqa: A002 - the query parameter's name in API.md
         export.ExportFormat, Query(description="`ndjson` (default) or `csv`.")
     ] = "ndjson",
 ) -> StreamingResponse:
     """Every item the caller may read that matches the filters, streamed."""
     query = service.export_query(principal, filters)
-    return StreamingResponse(
+    return TransferResponse(
         export.stream_export(database, query, format),
+        slot=transfers.take(principal.user_id),
+        send_timeout=settings.http.send_timeout_seconds,
         media_type=export.MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="items.{format}"'},
     )

@@ -19,6 +19,9 @@ import structlog
 from dramatiq import Actor, Broker, Middleware
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
 from keel.config import Settings
 from keel.core.jobs.context import JobContext
@@ -34,8 +37,15 @@ def create_broker(settings: Settings) -> RedisBroker:
     url = settings.redis.url
     if not url:
         raise ValueError("Dramatiq needs KEEL_REDIS_URL.")
+    # Short timeouts (settings): an API request that enqueues waits on a hung Redis
+    # this long at most, on a thread of the event loop's small default pool.
     client = redis.Redis.from_url(
-        url, socket_connect_timeout=2, socket_timeout=10, retry_on_timeout=True
+        url,
+        socket_connect_timeout=settings.redis.connect_timeout,
+        socket_timeout=settings.redis.socket_timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        # (redis-py's default retries 3 times, with backoff; here once, on a dropped
+        # connection only, never on a timeout)
     )
     # Dramatiq's default middleware: age limit, time limit, shutdown notices, callbacks,
     # pipelines, retries. Its Prometheus middleware is left out: Keel counts outcomes.
