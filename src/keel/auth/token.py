@@ -127,7 +127,7 @@ async def _read_form(request: Request) -> TokenForm:
 Form = Annotated[TokenForm, Depends(_read_form)]
 
 
-@answers(429, 503)
+@answers(429, 503, rate_limit=True)
 async def _limit(
     request: Request, response: Response, form: Form, limiter: Limiter, settings: AppSettings
 ) -> None:

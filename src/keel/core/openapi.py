@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ANSWERS = "keel_answers"
+_RATE_LIMITED = "keel_rate_limited"
 _SECURED_BY = "keel_secured_by"
 _SCHEMAS = "#/components/schemas/"
 _HEADERS = "#/components/headers/"
@@ -56,12 +57,16 @@ class Error(BaseModel):
     error: ErrorInfo
 
 
-def answers(*statuses: int) -> Callable[[F], F]:
+def answers(*statuses: int, rate_limit: bool = False) -> Callable[[F], F]:
     """Declare the error statuses a dependency (or an endpoint) may answer with; every
-    route depending on it documents them."""
+    route depending on it documents them. `rate_limit`: it enforces a rate limit, whose
+    `RateLimit-*` headers every answer of the route carries (another 429, such as a
+    busy transfer slot, carries none)."""
 
     def mark(function: F) -> F:
         setattr(function, _ANSWERS, frozenset(getattr(function, _ANSWERS, ())) | set(statuses))
+        if rate_limit:
+            setattr(function, _RATE_LIMITED, True)
         return function
 
     return mark
@@ -197,7 +202,7 @@ def _complete_operation(route: APIRoute, operation: dict[str, Any]) -> None:
         headers = responses[str(status)].setdefault("headers", {})
         for name in _HEADERS_BY_STATUS.get(status, ()):
             headers.setdefault(name, _ref(name))
-    rate_limited = 429 in statuses
+    rate_limited = any(getattr(call, _RATE_LIMITED, False) for call in _calls(route.dependant))
     for response in responses.values():
         headers = response.setdefault("headers", {})
         headers.setdefault("X-Request-ID", _ref("X-Request-ID"))

@@ -248,7 +248,7 @@ def rate_limited(*rules: RuleBuilder) -> Callable[..., Awaitable[RateLimitDecisi
     """A dependency that enforces these rules before the endpoint (and before any
     credential check it makes): `dependencies=[Depends(rate_limited(per_ip(...)))]`."""
 
-    @answers(429, 503)  # 503: the limiter fails closed when Redis is down
+    @answers(429, 503, rate_limit=True)  # 503: the limiter fails closed when Redis is down
     async def dependency(
         request: Request, response: Response, limiter: RateLimiterDep
     ) -> RateLimitDecision:
