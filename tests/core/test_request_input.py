@@ -7,14 +7,19 @@ it was found at, and runs on both databases.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from keel.main import create_app
 from keel.models import Role
+from tests.conftest import SettingsFactory
 from tests.factories.users import SignedIn, signed_in
+from tests.support.apps import client_for
 from tests.support.assertions import assert_error
 
 pytestmark = pytest.mark.anyio
@@ -204,3 +209,32 @@ async def test_enums_still_come_as_their_text(app: FastAPI, client: httpx.AsyncC
         "/api/v1/items", json={"title": "t", "status": "gone"}, headers=me.headers
     )
     assert detail_of(response)["type"] == "enum"
+
+
+# A body that stops arriving.
+
+
+async def test_a_json_body_that_stops_arriving_is_408(
+    make_settings: SettingsFactory, migrated_database: str
+) -> None:
+    app = create_app(make_settings(http={"receive_timeout_seconds": 0.5}))
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b'{"email": "slow@example.com", '
+        await anyio.sleep(3)
+        yield b'"password": "long enough pass"}'
+
+    async with client_for(app) as client:
+        started = anyio.current_time()
+        response = await client.post(REGISTER, content=stalls(), headers=JSON)
+        assert anyio.current_time() - started < 2.5
+        assert_error(response, 408, "REQUEST_TIMEOUT")
+        assert response.headers["connection"] == "close"
+
+        async def trickles() -> AsyncIterator[bytes]:
+            for piece in (b'{"email": "slow@example.com", ', b'"password": "long enough pass"}'):
+                await anyio.sleep(0.2)  # pauses shorter than the timeout
+                yield piece
+
+        response = await client.post(REGISTER, content=trickles(), headers=JSON)
+        assert response.status_code == 201, response.text

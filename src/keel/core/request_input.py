@@ -1,5 +1,7 @@
 """What a request may bring in, checked before any endpoint sees it (API.md, Conventions).
 
+- **A JSON body must keep arriving**: one from which nothing arrives for
+  `KEEL_HTTP_RECEIVE_TIMEOUT_SECONDS` is 408, as an upload's is.
 - **JSON bodies are parsed here**, with orjson, and every way a body can fail to be
   JSON is the same 422 `json_invalid`: bad syntax, bytes that are not UTF-8 (or a
   declared charset that is not), nesting deeper than 1,024 levels, a number too large
@@ -19,6 +21,9 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+
+from keel.config import Settings
+from keel.core.transfers import within_receive_timeout
 
 NUL = "\x00"
 _ESCAPED_NUL = b"\\u0000"
@@ -59,7 +64,10 @@ async def read_json_body(request: Request) -> None:
     The parsed value is left where Starlette's `Request.json()` caches it, so FastAPI
     takes it from there instead of parsing the body again with the standard library.
     """
-    body = await request.body()
+    settings: Settings = request.app.state.settings
+    chunks = within_receive_timeout(request.stream(), settings.http.receive_timeout_seconds)
+    body = b"".join([chunk async for chunk in chunks])
+    request._body = body  # noqa: SLF001 - Starlette's own cache of the body, for FastAPI
     if not body:
         return
     charset = _declared_charset(request.headers.get("content-type", ""))
