@@ -26,6 +26,7 @@ from keel.main import create_app
 from keel.models import Base
 from tests.fixtures import databases, s3
 from tests.fixtures.queries import StatementCounter, counting_statements
+from tests.support import production
 from tests.support.apps import client_for
 from tests.support.mailbox import Mailbox, install_mailbox
 from tests.support.smtp import Inbox, running_smtp_server
@@ -36,6 +37,16 @@ for _name in [name for name in os.environ if name.startswith("KEEL_")]:
         del os.environ[_name]
 
 SettingsFactory = Callable[..., Settings]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A production-configured run (tests/support/production.py) needs PostgreSQL and
+    Redis: say so at once, rather than in every live-server test."""
+    if production.requested() and (missing := production.missing_services()):
+        raise pytest.UsageError(
+            f"{production.CONFIG_ENV}={production.PRODUCTION} needs {' and '.join(missing)}: "
+            "production refuses several workers on SQLite or without Redis"
+        )
 
 
 @pytest.fixture(scope="session")

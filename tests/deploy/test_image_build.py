@@ -19,8 +19,19 @@ from tests.support.servers import clean_env
 pytestmark = pytest.mark.slow
 
 # Development tools that must never reach the image.
-DEV_ONLY = ("pytest", "pytest-cov", "mypy", "ruff", "moto", "hypothesis", "granian",
-            "py-spy", "import-linter", "aiosmtpd", "authlib")
+DEV_ONLY = (
+    "pytest",
+    "pytest-cov",
+    "mypy",
+    "ruff",
+    "moto",
+    "hypothesis",
+    "granian",
+    "py-spy",
+    "import-linter",
+    "aiosmtpd",
+    "authlib",
+)
 
 
 def installed(venv: Path) -> dict[str, str]:
@@ -81,16 +92,20 @@ def test_keel_runs_from_the_image_venv_alone(image_venv: Path, tmp_path: Path) -
     env.pop("PYTHONPATH")  # nothing from the repository
     keel = str(image_venv / "bin" / "keel")
     upgraded = subprocess.run(
-        [keel, "db", "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True
+        [keel, "db", "upgrade"], check=False, cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert upgraded.returncode == 0, upgraded.stderr
     current = subprocess.run(
-        [keel, "db", "current"], cwd=tmp_path, env=env, capture_output=True, text=True
+        [keel, "db", "current"], check=False, cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert current.returncode == 0, current.stderr
     assert "(up to date)" in current.stdout
     located = subprocess.run(
         [str(image_venv / "bin" / "python"), "-c", "import keel; print(keel.__file__)"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert Path(located).is_relative_to(image_venv), located

@@ -234,7 +234,7 @@ async def test_a_client_that_stops_reading_is_closed_1013_and_its_memory_release
         # and rendered). What remains is the allocator's noise: up to 42 MB was seen
         # between two equal floods on a busy machine.
         assert growth_mb < 52, growth_mb
-        metrics = (await live.admin.get("/metrics")).text
+        metrics = (await live.admin.get("/metrics", headers=live.server.metrics_headers)).text
         # Only the client that stopped reading: the publisher, reading its own copies
         # back, was slowed down to its pace, not closed.
         assert 'keel_ws_closes_total{reason="slow_consumer"} 1.0' in metrics
@@ -280,7 +280,7 @@ async def test_realtime_shows_in_metrics(migrated_database: str, tmp_path: Path)
             await send(ws, {"type": "subscribe", "channel": "room:m", "since": "1-0"})
             assert (await receive(ws))["type"] == "subscribed"
             assert (await receive(ws))["type"] == "gap"
-            metrics = (await live.admin.get("/metrics")).text
+            metrics = (await live.admin.get("/metrics", headers=live.server.metrics_headers)).text
             assert "keel_ws_connections 1.0" in metrics
             assert 'keel_ws_frames_total{direction="in"}' in metrics
             assert 'keel_ws_frames_total{direction="out"}' in metrics
@@ -288,7 +288,7 @@ async def test_realtime_shows_in_metrics(migrated_database: str, tmp_path: Path)
         async with connect(live.ws_url) as bad:
             await send(bad, {"type": "auth", "token": "nope"})
             assert await _close_code(bad) == 4401
-        metrics = (await live.admin.get("/metrics")).text
+        metrics = (await live.admin.get("/metrics", headers=live.server.metrics_headers)).text
         assert 'keel_ws_closes_total{reason="bad_credentials"} 1.0' in metrics
 
 
