@@ -99,6 +99,13 @@ class Server:
         """What GET /metrics needs on this server (the token, when one is set)."""
         return production.metrics_headers(self.env)
 
+    def serving_pids(self) -> list[int]:
+        """The processes that serve requests: the worker processes of a supervisor with
+        several, else the server process itself (Linux: /proc)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [int(pid) for pid in children.read_text().split()]
+        return pids or [self.process.pid]
+
     def output(self) -> str:
         return (
             f"--- stdout ---\n{self.stdout.read_text(errors='replace')}\n"
