@@ -8,9 +8,11 @@ how the suite runs on PostgreSQL and Redis.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from keel.main import create_app
 from keel.models import Base
 from tests.fixtures import databases, s3
 from tests.fixtures.queries import StatementCounter, counting_statements
+from tests.support import production
 from tests.support.apps import client_for
 from tests.support.mailbox import Mailbox, install_mailbox
 from tests.support.smtp import Inbox, running_smtp_server
@@ -36,6 +39,16 @@ for _name in [name for name in os.environ if name.startswith("KEEL_")]:
         del os.environ[_name]
 
 SettingsFactory = Callable[..., Settings]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A production-configured run (tests/support/production.py) needs PostgreSQL and
+    Redis: say so at once, rather than in every live-server test."""
+    if production.requested() and (missing := production.missing_services()):
+        raise pytest.UsageError(
+            f"{production.CONFIG_ENV}={production.PRODUCTION} needs {' and '.join(missing)}: "
+            "production refuses several workers on SQLite or without Redis"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +152,33 @@ async def migrated_database(database_url: str, data_dir: Path) -> str:
     finally:
         await engine.dispose()
     return database_url
+
+
+@pytest.fixture(autouse=True)
+def _live_servers_leave_no_rows(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Live-server tests write to the run's database through their servers, where the
+    `client` fixture's cleaning does not reach: empty it after each of them, so that they
+    pass in any order and on their own (`-m slow`), not only with client tests between
+    them (the first admin of one test was found by the next, which then made none)."""
+    yield
+    if "migrated_database" in request.fixturenames and request.node.get_closest_marker("slow"):
+        url: str = request.getfixturevalue("migrated_database")
+        data_dir: Path = request.getfixturevalue("data_dir")
+        # In a thread of its own: the test's event loop may still be running here.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, _empty_database(url, data_dir)).result()
+
+
+async def _empty_database(url: str, data_dir: Path) -> None:
+    engine = create_engine(
+        Settings(_env_file=None, data_dir=data_dir, database=DatabaseSettings(url=url))
+    )
+    try:
+        async with engine.begin() as connection:
+            for table in reversed(Base.metadata.sorted_tables):
+                await connection.execute(delete(table))
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

@@ -10,16 +10,23 @@ would refuse to send such requests.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.servers import HOST, Server, live_env, serve
+from tests.fixtures import databases
+from tests.support.servers import HOST, Server, clean_env, live_env, serve
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +34,37 @@ MAX_HEADER_BYTES = 16 * 1024
 HEADER_TIMEOUT = 2.0
 
 
+@contextlib.contextmanager
+def _database(workdir: Path) -> Iterator[str]:
+    """A database of this module's own: SQLite (`keel serve` migrates it), or one on the
+    run's PostgreSQL when it has one, which the production configuration needs (several
+    workers cannot share SQLite). Made here: these tests are sync, the run's is async."""
+    server_url = os.environ.get(databases.DATABASE_ENV)
+    if not server_url:
+        yield f"sqlite+aiosqlite:///{workdir / 'keel.db'}"
+        return
+    url = asyncio.run(databases.create_postgres_database(server_url))
+    try:
+        env = clean_env(KEEL_DATABASE_URL=url, KEEL_DATA_DIR=str(workdir / "data"))
+        command = [sys.executable, "-m", "keel", "db", "upgrade"]
+        subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True)
+        yield url
+    finally:
+        asyncio.run(databases.drop_postgres_database(server_url, url))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("head-limits")
+    with _database(workdir) as database_url, _serving(workdir, database_url) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _serving(workdir: Path, database_url: str) -> Iterator[Server]:
     env = live_env(
         workdir / "data",
-        f"sqlite+aiosqlite:///{workdir / 'keel.db'}",
+        database_url,
         KEEL_HTTP_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
         KEEL_HTTP_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
     )

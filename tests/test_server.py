@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from keel.core.metrics import MULTIPROC_ENV
 from tests.fixtures import databases
 from tests.support.servers import (
+    Server,
     clean_env,
     connection_refused,
     request_counts_by_worker,
@@ -68,11 +69,12 @@ async def send_health_requests(url: str, count: int, concurrency: int = 8) -> in
     return count
 
 
-async def wait_until_in_flight(client: httpx.AsyncClient, requests: int) -> None:
-    """Wait until the (one-process) server reports `requests` in flight, counting this one."""
+async def wait_until_in_flight(client: httpx.AsyncClient, server: Server, requests: int) -> None:
+    """Wait until the server reports `requests` in flight, counting this one (summed over
+    its workers when it has several)."""
     deadline = time.monotonic() + 5
     while True:
-        response = await client.get("/metrics")
+        response = await client.get("/metrics", headers=server.metrics_headers)
         assert response.status_code == 200, response.text
         in_flight = sample_value(
             list(text_string_to_metric_families(response.text)), "keel_http_requests_in_flight"
@@ -134,7 +136,7 @@ async def test_request_in_flight_when_sigterm_arrives_completes(
 
             async with anyio.create_task_group() as group:
                 group.start_soon(slow_request)
-                await wait_until_in_flight(client, requests=2)  # /slow and this /metrics
+                await wait_until_in_flight(client, server, requests=2)  # /slow and this /metrics
                 server.process.send_signal(signal.SIGTERM)
                 # The listener closes at once: new connections are refused while the
                 # request already in flight is still being answered.
@@ -169,7 +171,7 @@ async def test_sigterm_grace_period_is_bounded(migrated_database: str, tmp_path:
 
             async with anyio.create_task_group() as group:
                 group.start_soon(slow_request)
-                await wait_until_in_flight(client, requests=2)
+                await wait_until_in_flight(client, server, requests=2)
                 server.process.send_signal(signal.SIGTERM)
                 signalled = time.monotonic()
                 code = await wait_for_exit(server.process, timeout=5)
@@ -214,7 +216,7 @@ async def test_metrics_add_up_across_two_workers(
             assert sum(counts.values()) == sent, counts
 
             async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-                response = await client.get("/metrics")
+                response = await client.get("/metrics", headers=server.metrics_headers)
             assert response.status_code == 200, response.text
             assert response.headers["content-type"].startswith("text/plain")
             families = list(text_string_to_metric_families(response.text))
@@ -271,7 +273,8 @@ def test_production_refuses_unsafe_settings_one_line_each(tmp_path: Path) -> Non
 
 async def test_embedded_default_creates_and_migrates_its_database(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"  # does not exist yet
-    with serve(tmp_path, clean_env(KEEL_DATA_DIR=str(data_dir))) as server:
+    # The development default itself (docs on, SQLite, one process): never production's.
+    with serve(tmp_path, clean_env(KEEL_DATA_DIR=str(data_dir)), as_given=True) as server:
         await wait_until_healthy(server)
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             ready = await client.get("/ready")

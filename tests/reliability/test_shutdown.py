@@ -55,7 +55,7 @@ async def test_sigterm_with_twenty_requests_in_flight(
                 for _ in range(IN_FLIGHT):
                     group.start_soon(slow_request)
                 # The twenty, and the /metrics request that counts them.
-                await wait_until_in_flight(live.admin, IN_FLIGHT + 1)
+                await wait_until_in_flight(live.admin, live.server, IN_FLIGHT + 1)
                 live.server.process.send_signal(signal.SIGTERM)
                 signalled = time.monotonic()
                 # New connections are refused at once, while the twenty still run.

@@ -1,5 +1,8 @@
 """Real `keel serve` processes for tests: start on a free port, wait, always stop.
 
+With KEEL_TEST_SERVER_CONFIG=production every server runs in the production server
+configuration of deploy/ (tests/support/production.py), with a `keel worker` beside it.
+
 The servers run in the test's temporary folder, not in the repository: the settings read
 `.env` from the working directory, and a developer's `.env` must not leak into a test (the
 repository root is put on PYTHONPATH so `tests.support` modules import).
@@ -17,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -27,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from keel.core.metrics import MULTIPROC_ENV
+from tests.support import production
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -84,10 +88,23 @@ class Server:
     port: int
     stdout: Path
     stderr: Path
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def metrics_headers(self) -> dict[str, str]:
+        """What GET /metrics needs on this server (the token, when one is set)."""
+        return production.metrics_headers(self.env)
+
+    def serving_pids(self) -> list[int]:
+        """The processes that serve requests: the worker processes of a supervisor with
+        several, else the server process itself (Linux: /proc)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [int(pid) for pid in children.read_text().split()]
+        return pids or [self.process.pid]
 
     def output(self) -> str:
         return (
@@ -119,21 +136,59 @@ def _start(workdir: Path, env: dict[str, str], args: list[str]) -> Server:
             stderr=err,
             start_new_session=True,  # its own process group, so no worker outlives the test
         )
-    return Server(process, port, stdout, stderr)
+    return Server(process, port, stdout, stderr, env)
 
 
 @contextlib.contextmanager
-def serve(workdir: Path, env: dict[str, str], *args: str) -> Iterator[Server]:
-    server = _start(workdir, env, list(args))
-    try:
-        yield server
-    finally:
-        stop(server.process)
+def serve(
+    workdir: Path, env: dict[str, str], *args: str, as_given: bool = False
+) -> Iterator[Server]:
+    """`keel serve` with `env` and `args`; in the production configuration when the run
+    asks for it (KEEL_TEST_SERVER_CONFIG), unless `as_given`: for the tests of one
+    configuration itself (the embedded default, the refusals)."""
+    if as_given or not production.requested():
+        server = _start(workdir, env, list(args))
+        try:
+            yield server
+        finally:
+            stop(server.process)
+        return
+    with production.configured(workdir, env) as production_env:
+        server = _start(workdir, production_env, list(args))
+        worker = (
+            _start_worker(workdir, production_env)
+            if production.jobs_on_redis(production_env)
+            else None
+        )
+        try:
+            yield server
+        finally:
+            stop(server.process)
+            if worker is not None:
+                stop(worker.process)
+
+
+def _start_worker(workdir: Path, env: dict[str, str]) -> Server:
+    """A `keel worker` beside a production-configured server (as compose runs one)."""
+    worker_env = {**env, "KEEL_JOBS_WORKER_METRICS_PORT": "0"}
+    stdout = workdir / f"worker-{time.monotonic_ns()}.out"
+    stderr = stdout.with_suffix(".err")
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "keel", "worker"],
+            cwd=workdir,
+            env=worker_env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    return Server(process, 0, stdout, stderr, worker_env)
 
 
 def run_to_exit(workdir: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    """Run `keel serve` that is expected to refuse to start: (exit code, stdout, stderr)."""
-    with serve(workdir, env, *args) as server:
+    """Run `keel serve` that is expected to refuse to start: (exit code, stdout, stderr).
+    Always as given: what is refused is the test's configuration, not production's."""
+    with serve(workdir, env, *args, as_given=True) as server:
         try:
             code = server.process.wait(timeout=STARTUP_SECONDS)
         except subprocess.TimeoutExpired:

@@ -10,7 +10,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -85,6 +85,7 @@ def serve(
     """Run the HTTP server."""
     import uvicorn
 
+    from keel.cli.supervisor import ListenerClosingMultiprocess
     from keel.core.http_protocol import BoundedHeadProtocol
     from keel.core.logging import configure_logging
     from keel.core.websocket_protocol import GoingAwayWebSocketProtocol
@@ -109,30 +110,34 @@ def serve(
     # place that ends the process with status 0, as a clean stop should.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        uvicorn.run(
-            factory,
-            factory=True,
-            host=host or settings.server.host,
-            port=port or settings.server.port,
-            workers=worker_count,
-            reload=reload,
-            proxy_headers=bool(trusted),
-            forwarded_allow_ips=",".join(trusted) if trusted else None,
-            timeout_graceful_shutdown=math.ceil(settings.server.graceful_timeout),
-            timeout_worker_healthcheck=settings.server.worker_healthcheck_timeout,
-            access_log=False,
-            log_config=None,
-            server_header=False,
+        options: dict[str, Any] = {
+            "factory": True,
+            "host": host or settings.server.host,
+            "port": port or settings.server.port,
+            "workers": worker_count,
+            "proxy_headers": bool(trusted),
+            "forwarded_allow_ips": ",".join(trusted) if trusted else None,
+            "timeout_graceful_shutdown": math.ceil(settings.server.graceful_timeout),
+            "timeout_worker_healthcheck": settings.server.worker_healthcheck_timeout,
+            "access_log": False,
+            "log_config": None,
+            "server_header": False,
             # Bounds on a request's head: its size (431) and how long it may take (408).
-            http=BoundedHeadProtocol,
+            "http": BoundedHeadProtocol,
             # Realtime: API.md's frame limit (1009 past it), pings from the server, and
             # 1001 to every connection on shutdown.
-            ws=GoingAwayWebSocketProtocol,
-            ws_max_size=MAX_FRAME_BYTES,
-            ws_ping_interval=settings.realtime.ping_interval_seconds,
-            ws_ping_timeout=settings.realtime.ping_timeout_seconds,
-            ws_per_message_deflate=settings.realtime.compression,
-        )
+            "ws": GoingAwayWebSocketProtocol,
+            "ws_max_size": MAX_FRAME_BYTES,
+            "ws_ping_interval": settings.realtime.ping_interval_seconds,
+            "ws_ping_timeout": settings.realtime.ping_timeout_seconds,
+            "ws_per_message_deflate": settings.realtime.compression,
+        }
+        if worker_count > 1 and not reload:
+            # uvicorn.run's own supervisor, but one that stops listening at SIGTERM.
+            config = uvicorn.Config(factory, **options)
+            ListenerClosingMultiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            uvicorn.run(factory, reload=reload, **options)
     finally:
         if created_metrics_dir:
             os.environ.pop(MULTIPROC_ENV, None)

@@ -67,7 +67,7 @@ async def read_json_body(request: Request) -> None:
     settings: Settings = request.app.state.settings
     chunks = within_receive_timeout(request.stream(), settings.http.receive_timeout_seconds)
     body = b"".join([chunk async for chunk in chunks])
-    request._body = body  # noqa: SLF001 - Starlette's own cache of the body, for FastAPI
+    request._body = body  # Starlette's own cache of the body, which FastAPI reads
     if not body:
         return
     charset = _declared_charset(request.headers.get("content-type", ""))
@@ -80,7 +80,7 @@ async def read_json_body(request: Request) -> None:
     if _ESCAPED_NUL in body:
         for loc in _nul_locations(value, ("body",)):
             raise _nul_found(loc)
-    request._json = value
+    request._json = value  # where Starlette caches the parsed body; FastAPI reads it
 
 
 def _nul_locations(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
