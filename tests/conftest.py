@@ -166,10 +166,12 @@ def _live_servers_leave_no_rows(request: pytest.FixtureRequest) -> Iterator[None
         data_dir: Path = request.getfixturevalue("data_dir")
         # In a thread of its own: the test's event loop may still be running here.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, _empty_database(url, data_dir)).result()
+            pool.submit(asyncio.run, empty_database(url, data_dir)).result()
 
 
-async def _empty_database(url: str, data_dir: Path) -> None:
+async def empty_database(url: str, data_dir: Path) -> None:
+    """Delete every row of every table (children first): what one test's server made
+    must not be seen by the next."""
     engine = create_engine(
         Settings(_env_file=None, data_dir=data_dir, database=DatabaseSettings(url=url))
     )

@@ -21,13 +21,14 @@ import anyio.lowlevel
 import anyio.to_thread
 import httpx
 import pytest
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel.config import AuthSettings, DatabaseSettings, Settings
 from keel.core.db import create_engine
 from keel.core.security.passwords import PasswordHasher
-from keel.models import Base, Role, User
+from keel.models import Role, User
+from tests.conftest import empty_database
 from tests.contract import known_issues
 from tests.contract.support import PASSWORD, Account, Caller, new_account, run_schemathesis
 from tests.fixtures import databases
@@ -69,13 +70,7 @@ async def contract_server(
         await wait_until_healthy(server)
         yield server
     # What the runs made must not be seen by the tests after them.
-    engine = create_engine(_settings(migrated_database, workdir))
-    try:
-        async with engine.begin() as connection:
-            for table in reversed(Base.metadata.sorted_tables):
-                await connection.execute(delete(table))
-    finally:
-        await engine.dispose()
+    await empty_database(migrated_database, workdir)
     if redis_url:
         await databases.delete_keys(redis_url, redis_prefix)
 
