@@ -107,7 +107,7 @@ def test_serve_migrates_the_embedded_database_then_runs_uvicorn(
     def fake_run(target: str, **options: Any) -> None:
         calls.append({"target": target, "metrics_dir": os.environ.get(MULTIPROC_ENV), **options})
 
-    monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.setattr("keel.cli.supervisor.run_uvicorn", fake_run)
     monkeypatch.setenv("KEEL_SERVER_GRACEFUL_TIMEOUT", "7")
     result = runner.invoke(app, ["serve", "--port", "8123"])
     assert result.exit_code == 0, result.output
@@ -129,7 +129,9 @@ def test_serve_gives_several_workers_a_shared_metrics_folder(
     monkeypatch.setenv(MULTIPROC_ENV, "")
     monkeypatch.delenv(MULTIPROC_ENV)  # recorded, so it is restored to absent afterwards
     monkeypatch.setenv("KEEL_REDIS_URL", "redis://127.0.0.1:6379/0")
-    monkeypatch.setattr("uvicorn.run", lambda *_a, **_k: seen.append(os.environ[MULTIPROC_ENV]))
+    monkeypatch.setattr(
+        "keel.cli.supervisor.run_uvicorn", lambda *_a, **_k: seen.append(os.environ[MULTIPROC_ENV])
+    )
     result = runner.invoke(app, ["serve", "--workers", "3"])
     assert result.exit_code == 0, result.output
     (folder,) = seen

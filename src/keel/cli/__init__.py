@@ -83,9 +83,7 @@ def serve(
     ] = DEFAULT_FACTORY,
 ) -> None:
     """Run the HTTP server."""
-    import uvicorn
-
-    from keel.cli.supervisor import ListenerClosingMultiprocess
+    from keel.cli import supervisor
     from keel.core.http_protocol import BoundedHeadProtocol
     from keel.core.logging import configure_logging
     from keel.core.websocket_protocol import GoingAwayWebSocketProtocol
@@ -132,12 +130,8 @@ def serve(
             "ws_ping_timeout": settings.realtime.ping_timeout_seconds,
             "ws_per_message_deflate": settings.realtime.compression,
         }
-        if worker_count > 1 and not reload:
-            # uvicorn.run's own supervisor, but one that stops listening at SIGTERM.
-            config = uvicorn.Config(factory, **options)
-            ListenerClosingMultiprocess(config, sockets=[config.bind_socket()]).run()
-        else:
-            uvicorn.run(factory, reload=reload, **options)
+        # Uvicorn, with a supervisor that stops listening at SIGTERM for several workers.
+        supervisor.run_uvicorn(factory, reload=reload, **options)
     finally:
         if created_metrics_dir:
             os.environ.pop(MULTIPROC_ENV, None)

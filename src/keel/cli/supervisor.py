@@ -9,6 +9,9 @@ refused and going elsewhere (found by tests/deploy/test_production_server.py).
 
 from __future__ import annotations
 
+from typing import Any
+
+import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 
@@ -18,3 +21,12 @@ class ListenerClosingMultiprocess(Multiprocess):
         for sock in self.sockets:
             sock.close()
         super().terminate_all()
+
+
+def run_uvicorn(app: str, *, workers: int, reload: bool, **options: Any) -> None:
+    """Run Uvicorn as `uvicorn.run` would, with this supervisor for several workers."""
+    if workers > 1 and not reload:
+        config = uvicorn.Config(app, workers=workers, **options)
+        ListenerClosingMultiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        uvicorn.run(app, workers=workers, reload=reload, **options)
