@@ -161,12 +161,32 @@ def _live_servers_leave_no_rows(request: pytest.FixtureRequest) -> Iterator[None
     pass in any order and on their own (`-m slow`), not only with client tests between
     them (the first admin of one test was found by the next, which then made none)."""
     yield
-    if "migrated_database" in request.fixturenames and request.node.get_closest_marker("slow"):
-        url: str = request.getfixturevalue("migrated_database")
-        data_dir: Path = request.getfixturevalue("data_dir")
-        # In a thread of its own: the test's event loop may still be running here.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, empty_database(url, data_dir)).result()
+    if (
+        "migrated_database" in request.fixturenames
+        and request.node.get_closest_marker("slow")
+        and not request.node.get_closest_marker(ROWS_SHARED_BY_MODULE)
+    ):
+        _empty_after(request)
+
+
+ROWS_SHARED_BY_MODULE = "rows_shared_by_module"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _modules_sharing_rows_leave_none(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module whose tests share rows made once for the module (a module-scoped live
+    server and its accounts) is emptied after its last test instead of after each."""
+    yield
+    if request.node.get_closest_marker(ROWS_SHARED_BY_MODULE):
+        _empty_after(request)
+
+
+def _empty_after(request: pytest.FixtureRequest) -> None:
+    url: str = request.getfixturevalue("migrated_database")
+    data_dir: Path = request.getfixturevalue("data_dir")
+    # In a thread of its own: the test's event loop may still be running here.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, empty_database(url, data_dir)).result()
 
 
 async def empty_database(url: str, data_dir: Path) -> None:

@@ -36,7 +36,8 @@ from tests.reliability.conftest import (
 )
 from tests.support.redis_server import OwnRedis
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+# The module's live server and accounts serve all its tests (conftest.py).
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.rows_shared_by_module]
 
 # What a request may cost while Redis does not answer: one Redis timeout (1 s in
 # FAST_FAILING) and the database's own work, with room for a busy machine. Failing

@@ -33,7 +33,8 @@ from tests.reliability.conftest import FAST_FAILING, api_key_of
 from tests.support.assertions import assert_error
 from tests.support.servers import HOST
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+# The module's live server and accounts serve all its tests (conftest.py).
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.rows_shared_by_module]
 
 PER_USER = 3
 SEND_TIMEOUT = 3
