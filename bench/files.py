@@ -100,6 +100,7 @@ from keel_bench import (
     cpu_seconds,
     free_port,
     load_average,
+    loopback_env,
     out,
     out_dir,
     process_tree,
@@ -278,15 +279,9 @@ class MotoServer(Server):
 
 def base_env(tmp: Path) -> dict[str, str]:
     """The caller's environment without KEEL_* or AWS_* (no .env, no real account)."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("KEEL_", "AWS_"))
-        and key.lower() not in {"http_proxy", "https_proxy"}
-    }
+    env = loopback_env("KEEL_", "AWS_")
     env.update(AWS_KEYS)
     env["TMPDIR"] = str(tmp)  # moto spools objects to files here
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     return env
 
 

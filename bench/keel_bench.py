@@ -150,6 +150,19 @@ class Database:
             say(f"could not drop {self.name}: {error}")
 
 
+def loopback_env(*dropped_prefixes: str) -> dict[str, str]:
+    """The caller's environment for a server or client of the benchmark: without the
+    variables starting with `dropped_prefixes` (KEEL_*: only the benchmark's settings)
+    and without proxies, every address being on loopback."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(dropped_prefixes) and key.lower() not in {"http_proxy", "https_proxy"}
+    }
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
 def keel_env(database: Database, data_dir: Path) -> dict[str, str]:
     """The process environment for `keel`: no KEEL_* of the caller's, only these."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("KEEL_")}

@@ -130,6 +130,7 @@ from keel_bench import (
     free_port,
     keel,
     load_average,
+    loopback_env,
     out,
     out_dir,
     process_tree,
@@ -252,12 +253,7 @@ def nofile_of(pid: int) -> str:
 
 def base_env() -> dict[str, str]:
     """The caller's environment without KEEL_* or proxies (no .env: cwd is a data folder)."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("KEEL_") and key.lower() not in {"http_proxy", "https_proxy"}
-    }
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env = loopback_env("KEEL_")
     env.update(
         KEEL_ENV="development",
         KEEL_LOG_FORMAT="json",

@@ -72,6 +72,7 @@ from keel_bench import (
     free_port,
     keel,
     load_average,
+    loopback_env,
     machine_line,
     out_dir,
     redis_prefix,
@@ -154,12 +155,7 @@ def soak_env(
 ) -> dict[str, str]:
     """Production settings; nothing of the caller's KEEL_* (and no .env: the servers run
     from the data folder)."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("KEEL_") and key.lower() not in {"http_proxy", "https_proxy"}
-    }
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env = loopback_env("KEEL_")
     env.update(
         KEEL_ENV="production",
         KEEL_LOG_FORMAT="json",
